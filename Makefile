@@ -1,0 +1,42 @@
+# Set-up is automatic: `make test` and `make demo` create .venv and install the project
+# (with the data and test extras) when it is missing or pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+METHODS := mcae unlearnable gradflow_prune infotok
+RUNS ?= runs
+PYTEST_ARGS ?=
+
+.PHONY: test demo lint format clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[data,test]'
+	touch $(STAMP)
+
+# pytest exits 5 when it collects no tests: say so plainly instead of failing obscurely.
+test: $(STAMP)
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# Runs each method's default config that exists yet, then writes $(RUNS)/REPORT.md.
+demo: $(STAMP)
+	@mkdir -p $(RUNS); found=0; \
+	for m in $(METHODS); do \
+	  if [ -f configs/$$m.py ] && [ -f $$m/__main__.py ]; then \
+	    found=1; echo "== $$m (configs/$$m.py, default variant) =="; \
+	    $(PY) -m $$m --config configs/$$m.py --workdir $(RUNS)/$$m || exit $$?; \
+	  fi; \
+	done; \
+	if [ $$found -eq 0 ]; then echo "no methods yet: nothing to run"; fi; \
+	$(PY) -m shared.report $(RUNS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

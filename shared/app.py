@@ -1,0 +1,230 @@
+"""The entry point every method shares: `python -m <pkg> --config configs/<pkg>.py[:variant] --workdir DIR`.
+
+Each package's `__main__.py` is two lines:
+
+    from mcae.train import train_and_evaluate
+    shared.app.main("mcae", train_and_evaluate)
+
+What this does, in order: parse flags (ml_collections config file, locked, `--config.x=y`
+overrides), check `config.method`, start `jax.distributed` when launched as several processes,
+log devices and config, write `config.json` (refusing a workdir that holds a different run),
+call `train_and_evaluate(config, workdir)`, write `results.json`.
+
+Any `shared.errors.UserError` (and any flag or config parsing problem) ends the process with one
+line `error: ...` on stderr and exit code 2, without a traceback. A SIGTERM ends it with exit code
+143 once the state is checkpointed; re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from shared.errors import ConfigError, UserError
+
+TrainFn = Callable[[Any, str], Mapping[str, Any]]
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 143
+
+
+def _fail(message: str) -> None:
+  first = " ".join(str(message).split())  # one line, whatever the exception text
+  print(f"error: {first}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+
+  if "workdir" not in flags.FLAGS:
+    config_flags.DEFINE_config_file(
+      "config", None, "Config file, optionally with ':variant,key=value'.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Where config, checkpoints, metrics and results go.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+  return flags.FLAGS
+
+
+def _parse(argv: Sequence[str]):
+  flags = _define_flags()
+  try:
+    flags(list(argv))
+    config = flags.config  # the config file is loaded (and overrides applied) on first access
+  except SystemExit:
+    raise
+  except Exception as e:  # absl / ml_collections raise several types for bad flags and configs
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, UserError):  # a ConfigError raised inside get_config
+      _fail(str(cause))
+    _fail(str(e))
+  if config is None:
+    _fail("--config is required, e.g. --config configs/<method>.py:tiny")
+  if not flags.workdir:
+    _fail("--workdir is required")
+  return flags, config
+
+
+def _maybe_initialize_distributed(flags) -> None:
+  """jax.distributed.initialize() when this is one of several processes."""
+  import jax
+
+  if flags.num_processes and flags.num_processes > 1:
+    if flags.coordinator_address is None or flags.process_id is None:
+      _fail("--num_processes > 1 needs --coordinator_address and --process_id")
+    jax.distributed.initialize(
+      flags.coordinator_address, num_processes=flags.num_processes, process_id=flags.process_id
+    )
+    return
+  cluster_env = (
+    int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    or "JAX_COORDINATOR_ADDRESS" in os.environ
+  )
+  if cluster_env:
+    jax.distributed.initialize()
+
+
+def versions() -> dict[str, str]:
+  """Versions of the packages a result depends on, and the code's git commit when known."""
+  from importlib import metadata
+
+  out = {"python": platform.python_version()}
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  try:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out["git"] = subprocess.run(
+      ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+      capture_output=True,
+      text=True,
+      timeout=5,
+    ).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    pass
+  return out
+
+
+def _check_workdir_config(workdir: str, config_dict: dict) -> None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"{path} is unreadable ({e}); use a fresh --workdir") from None
+  if previous != config_dict:
+    diff = sorted(_diff_keys(previous, config_dict))
+    raise ConfigError(
+      f"{workdir} holds a run with a different config (differs in: {', '.join(diff[:8])}); "
+      "re-run with the same flags to resume it, or choose a new --workdir"
+    )
+
+
+def _diff_keys(a, b, prefix=""):
+  if not (isinstance(a, dict) and isinstance(b, dict)):
+    return [prefix.rstrip(".") or "(root)"] if a != b else []
+  out = []
+  for key in sorted(set(a) | set(b)):
+    out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+  return out
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> None:
+  """Atomic JSON write (tmp file + rename), numpy scalars and arrays converted."""
+  import numpy as np
+
+  def default(o):
+    if isinstance(o, np.generic | np.ndarray):
+      return o.tolist()
+    if hasattr(o, "tolist"):
+      return o.tolist()
+    return str(o)
+
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, default=default, sort_keys=False)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[str, Any]:
+  """Runs one method in-process (what `main` does after parsing); returns results.json's content."""
+  import jax
+
+  if "method" not in config:
+    raise ConfigError("config has no 'method' field")
+  if config.method != method:
+    raise ConfigError(
+      f"config.method={config.method!r} but this is `python -m {method}`; "
+      f"use configs/{method}.py or run `python -m {config.method}`"
+    )
+  config_dict = json.loads(config.to_json_best_effort())
+  logging.info(
+    "process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+  )
+  logging.info("config:\n%s", config)
+  os.makedirs(workdir, exist_ok=True)
+  _check_workdir_config(workdir, config_dict)
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "config.json"), config_dict)
+
+  start = time.time()
+  metrics = dict(train_and_evaluate(config, workdir) or {})
+  results = {
+    "method": method,
+    "variant": config_dict.get("variant"),
+    "seed": config_dict.get("seed"),
+    "metrics": metrics,
+    "config": config_dict,
+    "versions": versions(),
+    "devices": {
+      "platform": jax.default_backend(),
+      "kind": jax.devices()[0].device_kind,
+      "count": jax.device_count(),
+      "processes": jax.process_count(),
+    },
+    "wall_time_s": round(time.time() - start, 2),
+  }
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+def main(method: str, train_and_evaluate: TrainFn, argv: Sequence[str] | None = None) -> None:
+  """Parses flags, runs, and maps user errors to exit code 2 (preemption to 143)."""
+  from shared.train_lib import Preempted
+
+  argv = sys.argv if argv is None else argv
+  logging.basicConfig(
+    level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+  )
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  flags, config = _parse(argv)
+  try:
+    _maybe_initialize_distributed(flags)
+    results = run(method, train_and_evaluate, config, flags.workdir)
+  except UserError as e:
+    _fail(str(e))
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  summary = ", ".join(
+    f"{k}={v:.4g}" for k, v in results["metrics"].items() if isinstance(v, int | float)
+  )
+  print(f"{method}: done in {results['wall_time_s']:.1f}s; {summary or 'see results.json'}")
