@@ -1,4 +1,6 @@
-"""The entry point every method shares: `python -m <pkg> --config configs/<pkg>.py[:variant] --workdir DIR`.
+"""The entry point of every method.
+
+    python -m <pkg> --config configs/<pkg>.py[:variant] --workdir DIR [--config.x=y]
 
 Each package's `__main__.py` is two lines:
 
@@ -17,6 +19,7 @@ line `error: ...` on stderr and exit code 2, without a traceback. A SIGTERM ends
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -101,10 +104,8 @@ def versions() -> dict[str, str]:
 
   out = {"python": platform.python_version()}
   for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-    try:
+    with contextlib.suppress(metadata.PackageNotFoundError):
       out[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-      pass
   try:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out["git"] = subprocess.run(

@@ -4,10 +4,10 @@ Pieces, each usable alone from a notebook:
   TrainState            a flax.struct pytree: step, params, opt_state, model_state, ema_params, rng
   make_optimizer        optax chain from a config (adamw/sgd, warmup+cosine, clipping, wd mask)
   make_mesh / *_sharding  a ("data", "model") mesh; batch on "data"; params replicated or FSDP
-  make_step             jit a pure `step(state, batch) -> (state, metrics)` with donation + shardings
+  make_step             jit a pure `step(state, batch) -> (state, metrics)`, donated, sharded
   loss_step             the usual step built from a loss function
   global_batch          per-process numpy batch -> global jax.Array (multi-host safe)
-  Checkpointer          orbax CheckpointManager: keep N, every K steps, on SIGTERM, resume, refuse corrupt
+  Checkpointer          orbax: keep N, every K steps, on SIGTERM, resume, refuse corrupt
   MetricWriter          metrics.jsonl always, TensorBoard when TensorFlow is importable
   train_loop            the loop: resume, step, log, progress bar, NaN guard, checkpoint, preemption
 
@@ -250,9 +250,13 @@ LossFn = Callable[[PyTree, PyTree, Batch, jax.Array], tuple[jax.Array, tuple[Met
 
 
 def loss_step(loss_fn: LossFn) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """The usual step from `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`.
+  """The usual step from a loss function.
 
-  Returned metrics: loss, grad_norm, learning-rate-free, plus what `loss_fn` reports.
+  Args:
+    loss_fn: `(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`.
+
+  Returns:
+    `step(state, batch) -> (state, metrics)`; metrics are loss, grad_norm and `loss_fn`'s own.
   """
 
   def step(state: TrainState, batch: Batch):

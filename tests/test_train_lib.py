@@ -212,6 +212,7 @@ def test_metric_writer_jsonl(tmp_path):
   w = train_lib.MetricWriter(str(tmp_path), tensorboard=False, stage="pretrain")
   w.write(3, {"loss": np.float32(1.5), "acc": jnp.array(0.25)})
   w.close()
-  (row,) = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  with open(tmp_path / "metrics.jsonl") as f:
+    (row,) = [json.loads(line) for line in f]
   assert row == {"step": 3, "stage": "pretrain", "loss": 1.5, "acc": 0.25}
   assert train_lib.read_metrics(str(tmp_path), stage="other") == []
