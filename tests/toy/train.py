@@ -1,6 +1,7 @@
 """Toy training: an MLP on `digits`, through every piece of shared.train_lib."""
 
 import os
+import time
 
 import flax.linen as nn
 import jax
@@ -67,6 +68,8 @@ def train_and_evaluate(config, workdir):
     for k, b in enumerate(
       data_lib.batches(arrays, config.batch_size, seed=config.seed, start_step=start), start
     ):
+      if config.slow_data_s:
+        time.sleep(config.slow_data_s)
       yield {**b, "step": np.full((len(b["label"]),), k, np.int32)}
 
   ckpt = train_lib.Checkpointer(
