@@ -1,0 +1,154 @@
+"""Any TensorFlow Datasets set as in-memory numpy arrays, this process's part of the split only.
+
+The only module here that imports TensorFlow, and only when called: the core runs without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from shared.data.registry import Split
+from shared.errors import DataError
+
+OPTIONS = ("image_size", "label_key", "process_index", "process_count")
+READ_BATCH = 1024
+
+
+def load(
+  name: str,
+  split: str,
+  *,
+  data_dir: str | None = None,
+  image_size: int | tuple[int, int] | None = None,
+  label_key: str = "label",
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Split:
+  """This process's part of `split` of TFDS set `name` ('cifar10' or 'cifar10:3.0.2').
+
+  Features come back flattened ('attributes/Smiling'), numeric ones only (ids and other strings
+  are dropped): images uint8 NHWC (float32 in [0, 1] after `shared.data.load`), `label_key` as
+  int32 'label'. Files are read in order, so the same split gives the same arrays every time.
+
+  Args:
+    image_size: resize images (anti-aliased) to this size; needed where their sizes vary.
+    label_key: the feature to serve as 'label' (e.g. 'coarse_label' of cifar100).
+    process_index, process_count: default to jax's; passed to `tfds.split_for_jax_process`.
+  """
+  tf, tfds = _import_tfds()
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  where = f"data set 'tfds:{name}' split {split!r}"
+  try:
+    local_split = tfds.split_for_jax_process(
+      split, process_index=process_index, process_count=process_count
+    )
+    ds = tfds.load(name, split=local_split, data_dir=data_dir, shuffle_files=False)
+    if image_size is not None:
+      ds = ds.map(lambda ex: {**ex, "image": _resize(tf, ex["image"], image_size)})
+    chunks = defaultdict(list)
+    for batch in tfds.as_numpy(ds.batch(READ_BATCH)):
+      for key, value in _flatten(batch).items():
+        chunks[key].append(value)
+    total = _num_examples(tfds, name, split, data_dir)
+  except DataError:
+    raise
+  except Exception as e:  # TFDS and TensorFlow raise many types; all mean "cannot read this".
+    raise DataError(f"cannot load {where}: {type(e).__name__}: {_first_line(e)}") from None
+  if not chunks:
+    raise DataError(f"{where} is empty (0 examples on process {process_index})")
+  arrays = Split({k: np.concatenate(v) for k, v in chunks.items() if v[0].dtype.kind in "biuf"})
+  if label_key in arrays:
+    arrays["label"] = arrays[label_key].astype(np.int32)
+  elif label_key != "label":
+    raise DataError(f"{where} has no feature {label_key!r} (features: {sorted(arrays)})")
+  arrays.process_local = True
+  n = len(arrays["image"]) if "image" in arrays else 0
+  arrays.shard_size = max(n, math.ceil(total / process_count)) if total else n
+  return arrays
+
+
+def info(
+  name: str,
+  *,
+  data_dir: str | None = None,
+  image_size: int | tuple[int, int] | None = None,
+  label_key: str = "label",
+  **_: Any,
+) -> dict[str, Any]:
+  """num_classes, class_names, image_shape and split sizes from the TFDS builder's metadata."""
+  _, tfds = _import_tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:
+    raise DataError(f"unknown TFDS data set {name!r}: {_first_line(e)}") from None
+  features = builder.info.features
+  out: dict[str, Any] = {
+    "name": f"tfds:{name}",
+    "splits": {k: v.num_examples for k, v in builder.info.splits.items()},
+  }
+  if "image" in features:
+    shape = tuple(features["image"].shape)
+    if image_size is not None:
+      shape = (*_size_pair(image_size), shape[-1])
+    out["image_shape"] = shape
+  label = features.get(label_key)
+  if isinstance(label, tfds.features.ClassLabel):
+    out["num_classes"] = label.num_classes
+    out["class_names"] = list(label.names)
+  return out
+
+
+def _import_tfds():
+  try:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise DataError(
+      f"TFDS data sets need TensorFlow and tensorflow-datasets ({e}); "
+      "install them with: pip install '.[data]'"
+    ) from None
+  # TensorFlow only reads data here; the accelerators belong to JAX. (RuntimeError: it has
+  # already been initialised, by an earlier call or by the caller.)
+  with contextlib.suppress(RuntimeError):
+    tf.config.set_visible_devices([], "GPU")
+  return tf, tfds
+
+
+def _num_examples(tfds, name: str, split: str, data_dir: str | None) -> int | None:
+  """The size of the whole split (all processes), when the metadata knows it."""
+  try:
+    return int(tfds.builder(name, data_dir=data_dir).info.splits[split].num_examples)
+  except Exception:  # Unknown before preparation, or mocked: fall back to the local size.
+    return None
+
+
+def _resize(tf, image, size):
+  resized = tf.image.resize(image, _size_pair(size), antialias=True)
+  return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+
+
+def _size_pair(size: int | tuple[int, int]) -> tuple[int, int]:
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}/"))
+    else:
+      out[f"{prefix}{key}"] = np.asarray(value)
+  return out
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [""])[0]
