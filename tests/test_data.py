@@ -322,6 +322,12 @@ def test_batches_deterministic_and_resumable():
   np.testing.assert_array_equal(in_order["x"], np.arange(16))
 
 
+def test_batches_default_to_jax_process_layout():
+  implicit = next(data.batches(_rows(), 16, seed=2))  # One process in tests.
+  explicit = next(data.batches(_rows(), 16, seed=2, process_index=0, process_count=1))
+  np.testing.assert_array_equal(implicit["x"], explicit["x"])
+
+
 def test_batches_keep_the_remainder_when_asked():
   stream = data.batches(
     _rows(20), 8, seed=0, drop_remainder=False, process_index=0, process_count=1

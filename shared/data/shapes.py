@@ -50,9 +50,14 @@ def info(
   label: str = "shape_colour",
   seed: int = 0,
   heldout_fraction: float = 0.1,
-  **_sizes,
+  nuisance: float = 1.0,
+  num_train: int = 20_000,
+  num_val: int = 2_000,
+  num_test: int = 2_000,
+  num_heldout: int = 2_000,
 ) -> dict:
   """num_classes / class_names of the chosen `label`, the vocabulary and the attribute names."""
+  del nuisance  # Changes pixels, not the description.
   _check(resolution, grid, min_objects, max_objects, label)
   class_names = {
     "shape": list(txt.SHAPES),
@@ -64,10 +69,12 @@ def info(
     "class_names": class_names,
     "label": label,
     "image_shape": (resolution, resolution, 3),
+    "sizes": dict(zip(SPLITS, (num_train, num_val, num_test, num_heldout), strict=True)),
     "vocab": list(txt.VOCAB),
     "pad_id": txt.PAD_ID,
     "bos_id": txt.BOS_ID,
     "eos_id": txt.EOS_ID,
+    "unk_id": txt.UNK_ID,
     "shape_names": list(txt.SHAPES),
     "colour_names": list(txt.COLOURS),
     "size_names": list(txt.SIZES),

@@ -93,7 +93,8 @@ def info(
   features = builder.info.features
   out: dict[str, Any] = {
     "name": f"tfds:{name}",
-    "splits": {k: v.num_examples for k, v in builder.info.splits.items()},
+    "splits": list(builder.info.splits),
+    "sizes": {k: v.num_examples for k, v in builder.info.splits.items()},
   }
   if "image" in features:
     shape = tuple(features["image"].shape)
