@@ -63,6 +63,8 @@ def _parse(argv: Sequence[str]):
   try:
     flags(list(argv))
     config = flags.config  # the config file is loaded (and overrides applied) on first access
+    if config is not None:
+      config.to_json_best_effort()  # forces a lazily failed load to raise here
   except SystemExit:
     raise
   except Exception as e:  # absl / ml_collections raise several types for bad flags and configs

@@ -177,9 +177,10 @@ def make_mesh(model_axis: int = 1, devices=None) -> jax.sharding.Mesh:
   if model_axis < 1 or n % model_axis:
     raise ConfigError(f"model_axis={model_axis} does not divide the {n} devices")
   shape = (n // model_axis, model_axis)
-  if devices == jax.devices():
-    return jax.make_mesh(shape, ("data", "model"))
-  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), ("data", "model"))
+  # Auto axes: XLA propagates shardings (GSPMD), so model code needs no sharding annotations.
+  # (jax.make_mesh defaults to Explicit axes on recent JAX.)
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh(shape, ("data", "model"), axis_types=auto, devices=devices)
 
 
 def batch_sharding(mesh) -> NamedSharding:

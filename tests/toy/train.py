@@ -36,7 +36,7 @@ def make_loss(model, nan_at_step):
 
   def poisoned(params, model_state, batch, rng):
     loss, aux = loss_fn(params, model_state, batch, rng)
-    return jnp.where(batch["step"][0] >= nan_at_step, jnp.nan, loss), aux
+    return jnp.where(batch["step"].max() >= nan_at_step, jnp.nan, loss), aux
 
   return poisoned
 
