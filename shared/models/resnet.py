@@ -1,0 +1,195 @@
+"""Image classifiers for small images: CIFAR ResNet-18, a small CNN and an MLP.
+
+ResNet-18 follows He et al. 2016 (arXiv 1512.03385) in the CIFAR layout the unlearnable-examples
+literature trains (kuangliu/pytorch-cifar `models/resnet.py`, used by Huang et al. 2021 and TUE):
+3x3 stem with stride 1 and no max-pool, BasicBlocks [2, 2, 2, 2] at widths 64, 128, 256, 512,
+BatchNorm (PyTorch's momentum 0.1 = Flax's 0.9, eps 1e-5), global average pool, linear head.
+
+All models take NHWC float images of any size and channel count and `train: bool` (batch statistics
+and dropout); they return float32 logits, or the penultimate features when `num_classes` is None
+(e.g. as a SimCLR backbone). With BatchNorm, `apply` needs `mutable=["batch_stats"]` when training.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from shared.errors import ConfigError
+
+Dtype = Any
+
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # Kaiming, as torchvision
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN projection) shortcut."""
+
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, train: bool):
+    conv = lambda k, s, name: nn.Conv(
+      self.features,
+      (k, k),
+      strides=(s, s),
+      padding=((k // 2, k // 2), (k // 2, k // 2)),
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_conv_init,
+      name=name,
+    )
+    norm = lambda name: nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
+    h_BxHxWxF = nn.relu(norm("bn1")(conv(3, self.strides, "conv1")(x_BxHxWxC)))
+    h_BxHxWxF = norm("bn2")(conv(3, 1, "conv2")(h_BxHxWxF))
+    shortcut_BxHxWxF = x_BxHxWxC
+    if self.strides != 1 or x_BxHxWxC.shape[-1] != self.features:
+      shortcut_BxHxWxF = norm("shortcut_bn")(conv(1, self.strides, "shortcut_conv")(x_BxHxWxC))
+    return nn.relu(h_BxHxWxF + shortcut_BxHxWxF)
+
+
+class ResNet(nn.Module):
+  """CIFAR-style ResNet (BasicBlocks). `ResNet18` fixes stage_sizes = (2, 2, 2, 2).
+
+  Attributes:
+    num_classes: head outputs; None returns the pooled features_BxF.
+    stage_sizes: blocks per stage.
+    width: channels of the first stage (64 for the standard net); stages use width * 1, 2, 4, 8.
+      Smaller widths (e.g. 16) give fast CPU runs.
+    dtype: compute dtype; params f32.
+  """
+
+  num_classes: int | None = 10
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  width: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC, train: bool = False):
+    if self.width < 1:
+      raise ConfigError(f"ResNet width must be positive, got {self.width}")
+    x_BxHxWxF = nn.Conv(
+      self.width,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_conv_init,
+      name="stem_conv",
+    )(images_BxHxWxC.astype(self.dtype))
+    x_BxHxWxF = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="stem_bn",
+    )(x_BxHxWxF)
+    x_BxHxWxF = nn.relu(x_BxHxWxF)
+    for stage, n_blocks in enumerate(self.stage_sizes):
+      for i in range(n_blocks):
+        x_BxHxWxF = BasicBlock(
+          self.width * 2**stage,
+          strides=2 if stage > 0 and i == 0 else 1,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"stage{stage + 1}_block{i + 1}",
+        )(x_BxHxWxF, train)
+    features_BxF = x_BxHxWxF.astype(jnp.float32).mean(axis=(1, 2))
+    if self.num_classes is None:
+      return features_BxF
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+      features_BxF
+    ).astype(jnp.float32)
+
+
+class ResNet18(ResNet):
+  """CIFAR ResNet-18: 11,173,962 params for 10 classes at width 64."""
+
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+
+
+class SmallCNN(nn.Module):
+  """A small VGG-like CNN: per stage conv3x3-BN-ReLU then 2x2 max-pool; global pool; MLP head.
+
+  A second, different architecture for transfer experiments (victim != surrogate).
+  """
+
+  num_classes: int | None = 10
+  widths: Sequence[int] = (32, 64, 128)
+  hidden: int = 256
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC, train: bool = False):
+    x_BxHxWxF = images_BxHxWxC.astype(self.dtype)
+    for i, features in enumerate(self.widths):
+      x_BxHxWxF = nn.Conv(
+        features,
+        (3, 3),
+        padding="SAME",
+        use_bias=False,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_conv_init,
+        name=f"conv{i + 1}",
+      )(x_BxHxWxF)
+      x_BxHxWxF = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"bn{i + 1}",
+      )(x_BxHxWxF)
+      x_BxHxWxF = nn.relu(x_BxHxWxF)
+      if min(x_BxHxWxF.shape[1:3]) >= 2:  # tiny inputs (8x8 digits) stop shrinking at 1x1
+        x_BxHxWxF = nn.max_pool(x_BxHxWxF, (2, 2), strides=(2, 2))
+    features_BxF = x_BxHxWxF.mean(axis=(1, 2))
+    features_BxF = nn.relu(
+      nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(features_BxF)
+    ).astype(jnp.float32)
+    if self.num_classes is None:
+      return features_BxF
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+      features_BxF
+    ).astype(jnp.float32)
+
+
+class MLP(nn.Module):
+  """Flatten the image, ReLU hidden layers (optional dropout), linear head."""
+
+  num_classes: int | None = 10
+  hidden: Sequence[int] = (512, 512)
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC, train: bool = False):
+    x_BxF = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1).astype(self.dtype)
+    for i, features in enumerate(self.hidden):
+      x_BxF = nn.relu(
+        nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=f"fc{i + 1}")(x_BxF)
+      )
+      x_BxF = nn.Dropout(self.dropout_rate)(x_BxF, deterministic=not train)
+    if self.num_classes is None:
+      return x_BxF.astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+      x_BxF
+    ).astype(jnp.float32)
