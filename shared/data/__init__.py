@@ -8,7 +8,7 @@ A new set registers a builder `fn(split, data_dir, **options) -> dict of arrays`
 `@data.register(name, splits=..., info=...)`; importing its module makes it loadable.
 """
 
-from shared.data import digits, mnist5k, shapes  # noqa: F401  (registers the built-in sets)
+from shared.data import digits, fas_json, fas_proxy, mnist5k, shapes  # noqa: F401  (registers the built-in sets)
 from shared.data.iterators import batches, epoch_order, eval_batches, steps_per_epoch
 from shared.data.registry import REGISTRY, Split, default_data_dir, info, load, names, register
 

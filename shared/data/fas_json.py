@@ -1,0 +1,184 @@
+"""`fas_json`: real face anti-spoofing frames listed in SSDG-style JSON label files.
+
+The format SSDG / SSAN / SA-FAS users have: one JSON list per domain and split,
+
+    [{"photo_path": "/data/msu/real/client001_frame0.png", "photo_label": 1,
+      "photo_belong_to_video_ID": "client001"}, ...]
+
+with `photo_label` 1 = live (bona fide), 0 = spoof, frames already face-cropped (MTCNN). The files
+are found by `pattern`, default "{root}/{domain}/{split}_label.json", for each name in `domains`
+(e.g. oulu, casia, replay, msu). Relative photo paths are taken from `image_root` when given,
+else from the JSON file's folder. When a domain has no val list, val is a seeded `val_fraction`
+of its train list, split by video (photo_belong_to_video_ID) when the entries name one.
+
+Every problem is a DataError naming the file and the entry: a missing list, a list that is not a
+list of objects, a missing key, a label other than 0/1, a missing or unreadable image, an empty
+split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from shared.data.registry import register
+from shared.errors import DataError
+
+SPLITS = ("train", "val", "test")
+DEFAULT_DOMAINS = ("oulu", "casia", "replay", "msu")
+DEFAULT_PATTERN = "{root}/{domain}/{split}_label.json"
+
+
+def info(
+  root: str = "",
+  domains: tuple[str, ...] = DEFAULT_DOMAINS,
+  image_size: int = 224,
+  pattern: str = DEFAULT_PATTERN,
+  image_root: str = "",
+  val_fraction: float = 0.1,
+  seed: int = 0,
+) -> dict:
+  """Classes (0 spoof, 1 live), image shape and the domain names; sizes are known after loading."""
+  del root, pattern, image_root, val_fraction, seed
+  return {
+    "num_classes": 2,
+    "class_names": ["spoof", "live"],
+    "image_shape": (image_size, image_size, 3),
+    "domains": list(domains),
+    "attacks": ["live", "spoof"],
+  }
+
+
+# Not cached: the lists and frames are the user's and may change between runs.
+@register("fas_json", splits=SPLITS, info=info, cache=False)
+def build(
+  split: str,
+  data_dir: str,
+  *,
+  root: str = "",
+  domains: tuple[str, ...] = DEFAULT_DOMAINS,
+  image_size: int = 224,
+  pattern: str = DEFAULT_PATTERN,
+  image_root: str = "",
+  val_fraction: float = 0.1,
+  seed: int = 0,
+) -> dict[str, np.ndarray]:
+  """All domains' frames of one split, resized to `image_size` squares.
+
+  Args:
+    root: the folder the pattern's {root} stands for; defaults to `data_dir`/fas_json.
+    domains: domain names, in the order of the 'domain' field.
+    image_size: output side in pixels (bilinear resize of each crop).
+    pattern: where a list lives, with {root}, {domain} and {split}.
+    image_root: base folder for relative photo paths (default: the list's folder).
+    val_fraction: of the train list, by video, used as val when there is no val list.
+    seed: draws that val part.
+
+  Returns:
+    'image' uint8 [N, size, size, 3], 'label' (1 live, 0 spoof), 'attack' (0 live, 1 spoof),
+    'domain' (index into `domains`), 'video' (an int per video within each domain).
+  """
+  root = root or os.path.join(data_dir, "fas_json")
+  if isinstance(domains, str):
+    domains = tuple(d for d in domains.split("+") if d)
+  if not domains:
+    raise DataError("fas_json: no domains given")
+  parts = []
+  for d, domain in enumerate(domains):
+    entries, where, list_file = _split_entries(split, root, domain, pattern, val_fraction, seed)
+    if not entries:
+      raise DataError(f"fas_json: {where} has no entries for split {split!r} (an empty split)")
+    base = image_root or os.path.dirname(os.path.abspath(list_file))
+    parts.append(_read(entries, where, base, image_size, d))
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def list_path(root: str, domain: str, split: str, pattern: str = DEFAULT_PATTERN) -> str:
+  return pattern.format(root=root, domain=domain, split=split)
+
+
+def read_list(path: str) -> list[dict]:
+  """A JSON label list, checked for shape: a list of objects with photo_path and photo_label."""
+  if not os.path.exists(path):
+    raise DataError(f"fas_json: label list {path} does not exist")
+  try:
+    with open(path) as f:
+      entries = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(f"fas_json: {path} is not readable JSON ({e})") from None
+  if not isinstance(entries, list):
+    raise DataError(
+      f"fas_json: {path} must hold a JSON list of entries, got {type(entries).__name__}"
+    )
+  for i, entry in enumerate(entries):
+    if not isinstance(entry, dict):
+      raise DataError(f"fas_json: {path} entry {i} is not an object: {entry!r:.80}")
+    for key in ("photo_path", "photo_label"):
+      if key not in entry:
+        raise DataError(f"fas_json: {path} entry {i} has no {key!r} (keys: {sorted(entry)})")
+    label = entry["photo_label"]
+    if isinstance(label, bool) or label not in (0, 1):
+      raise DataError(
+        f"fas_json: {path} entry {i} ({entry['photo_path']}): photo_label must be 1 (live) "
+        f"or 0 (spoof), got {label!r}"
+      )
+  return entries
+
+
+def _split_entries(split, root, domain, pattern, val_fraction, seed):
+  """(entries of `split` for `domain`, how to name them in messages, the list file they are in)."""
+  path = list_path(root, domain, split, pattern)
+  if split != "val" or os.path.exists(path):
+    if split == "train" and not os.path.exists(list_path(root, domain, "val", pattern)):
+      entries = read_list(path)
+      return [entries[i] for i in _carve(entries, val_fraction, seed, keep="train")], path, path
+    return read_list(path), path, path
+  train_path = list_path(root, domain, "train", pattern)
+  entries = read_list(train_path)
+  rows = _carve(entries, val_fraction, seed, keep="val")
+  return [entries[i] for i in rows], f"{train_path} (val part)", train_path
+
+
+def _carve(entries, val_fraction, seed, keep):
+  """Row indices of the train or val part of a train list, split by video when known."""
+  if not 0.0 <= val_fraction < 1.0:
+    raise DataError(f"fas_json: val_fraction must be in [0, 1), got {val_fraction}")
+  videos = [str(e.get("photo_belong_to_video_ID", i)) for i, e in enumerate(entries)]
+  unique = sorted(set(videos))
+  order = np.random.default_rng([seed % 2**64, len(unique)]).permutation(len(unique))
+  n_val = int(round(val_fraction * len(unique)))
+  val_videos = {unique[i] for i in order[:n_val]}
+  return [i for i, v in enumerate(videos) if (v in val_videos) == (keep == "val")]
+
+
+def _read(entries, where, base, image_size, domain):
+  from PIL import Image, UnidentifiedImageError
+
+  n = len(entries)
+  images = np.zeros((n, image_size, image_size, 3), np.uint8)
+  labels = np.zeros(n, np.int32)
+  video_ids: dict[str, int] = {}
+  videos = np.zeros(n, np.int32)
+  for i, entry in enumerate(entries):
+    path = entry["photo_path"]
+    full = path if os.path.isabs(path) else os.path.join(base, path)
+    if not os.path.exists(full):
+      raise DataError(f"fas_json: {where} entry {i}: image {full} does not exist")
+    try:
+      with Image.open(full) as im:
+        rgb = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+    except (OSError, UnidentifiedImageError) as e:
+      raise DataError(f"fas_json: {where} entry {i}: cannot read image {full} ({e})") from None
+    images[i] = np.asarray(rgb, np.uint8)
+    labels[i] = int(entry["photo_label"])
+    video = str(entry.get("photo_belong_to_video_ID", path))
+    videos[i] = video_ids.setdefault(video, len(video_ids))
+  return {
+    "image": images,
+    "label": labels,
+    "attack": (1 - labels).astype(np.int32),
+    "domain": np.full(n, domain, np.int32),
+    "video": videos,
+  }
