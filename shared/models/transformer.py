@@ -89,7 +89,9 @@ class SelfAttention(nn.Module):
   Attributes:
     num_heads: number of heads H; the width D must be divisible by it.
     dtype: compute dtype (params stay `param_dtype`).
-    attention_impl: passed to `jax.nn.dot_product_attention` (None = XLA, or 'cudnn').
+    attention_impl: passed to `jax.nn.dot_product_attention` (None = XLA, or 'cudnn'). Seen on
+      an H200 with jax 0.11.2: 'cudnn' rejects MAE's ViT-B/16 lengths ("Unsupported sequence
+      length Q 197, KV 197"), so the XLA default is the one that runs everywhere.
   """
 
   num_heads: int
