@@ -1,0 +1,1 @@
+"""Step-time / throughput / MFU harness: `python -m benchmarks.run --help`."""

@@ -1,0 +1,92 @@
+"""Times a method's real jitted step on whatever devices JAX sees.
+
+    python -m benchmarks.run --config configs/mcae.py:paper --what train_step --steps 20
+    python -m benchmarks.run --matmul                      # the achieved bf16 matmul ceiling
+
+Writes one JSON line per case to --out (default: stdout only) and prints a markdown table.
+Bad input (unknown method, unknown --what) is one line `error: ...`, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from benchmarks import harness
+from benchmarks.cases import BENCH_MODULES
+from shared.errors import ConfigError, UserError
+
+config_flags.DEFINE_config_file("config", None, "Method config file[:variant].", lock_config=True)
+flags.DEFINE_string("what", "train_step", "train_step | sample | perturb (per method).")
+flags.DEFINE_integer("steps", 20, "Timed calls after warm-up.")
+flags.DEFINE_integer("warmup", 5, "Untimed calls after the compiling one.")
+flags.DEFINE_integer("batch", 0, "Global batch size; 0 = the method's paper-scale default.")
+flags.DEFINE_bool("flops", True, "Count FLOPs by lowering the step for the CPU backend.")
+flags.DEFINE_bool("matmul", False, "Only time the bf16 n^3 matmul ceiling.")
+flags.DEFINE_integer("matmul_n", 8192, "Matrix size for --matmul.")
+flags.DEFINE_string("out", "", "Append JSON lines here.")
+FLAGS = flags.FLAGS
+
+COLUMNS = (
+  ("case", "case", "{}"),
+  ("batch_size", "batch", "{}"),
+  ("step_ms_median", "step ms (median)", "{:.2f}"),
+  ("step_ms_p10", "p10", "{:.2f}"),
+  ("step_ms_p90", "p90", "{:.2f}"),
+  ("examples_per_s", "examples/s", "{:,.0f}"),
+  ("tflops_per_s", "TFLOP/s", "{:.1f}"),
+  ("mfu_vs_datasheet", "MFU", "{:.1%}"),
+  ("peak_memory_gib", "peak GiB", "{:.1f}"),
+)
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |"]
+  lines.append("|" + "---|" * len(COLUMNS))
+  for r in rows:
+    cells = []
+    for key, _, fmt in COLUMNS:
+      v = r.get(key)
+      cells.append("—" if v is None else fmt.format(v))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def run(config, what: str, steps: int, warmup: int, batch: int, flops: bool) -> list[dict]:
+  method = config.get("method")
+  if method not in BENCH_MODULES:
+    raise ConfigError(f"no benchmark cases for method {method!r}; known: {sorted(BENCH_MODULES)}")
+  cases = BENCH_MODULES[method]().cases(config, what, batch or None)
+  return [harness.measure(c, steps=steps, warmup=warmup, count=flops) for c in cases]
+
+
+def main(argv):
+  try:
+    FLAGS(argv)
+    if FLAGS.matmul:
+      rows = [harness.matmul_ceiling(FLAGS.matmul_n)]
+    else:
+      if FLAGS.config is None:
+        raise ConfigError("--config is required (or --matmul)")
+      rows = run(FLAGS.config, FLAGS.what, FLAGS.steps, FLAGS.warmup, FLAGS.batch, FLAGS.flops)
+  except UserError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+  for r in rows:
+    line = json.dumps(r)
+    print(line)
+    if FLAGS.out:
+      with open(FLAGS.out, "a") as f:
+        f.write(line + "\n")
+  if not FLAGS.matmul:
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+  main(sys.argv)
