@@ -385,19 +385,28 @@ class ConvClassifier(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The extractor object
 
-# arch -> (module class, method giving features). An explicit registry, not importlib strings.
+# arch -> (module class, method giving features, input preparation or None). An explicit registry,
+# not importlib strings. Inception's resize runs as its own jitted step so that images of any size
+# share one compilation of the network.
 _ARCHITECTURES = {
-  "conv_classifier": (ConvClassifier, "features"),
-  "fid_inception_v3": (FIDInceptionV3, "__call__"),
+  "conv_classifier": (ConvClassifier, "features", None),
+  "fid_inception_v3": (FIDInceptionV3, "__call__", resize_for_inception),
 }
 
 
-def _as_float_images(images) -> np.ndarray | jax.Array:
-  """uint8 [0, 255] -> float32 [0, 1]; float stays; (N, H, W) gains a channel axis."""
+def _as_nhwc(images) -> np.ndarray | jax.Array:
+  """Any array-like of images -> (N, H, W, C), without copying it to the device."""
+  images = images if hasattr(images, "ndim") else np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4:
     raise DataError(f"images must be (N, H, W, C) or (N, H, W), got shape {images.shape}")
+  return images
+
+
+def _as_float_images(images) -> jax.Array:
+  """uint8 [0, 255] -> float32 [0, 1]; float stays; (N, H, W) gains a channel axis."""
+  images = _as_nhwc(images)
   if images.dtype == np.uint8:
     return jnp.asarray(images, jnp.float32) / 255.0
   return jnp.asarray(images, jnp.float32)
@@ -433,19 +442,23 @@ class FeatureExtractor:
     self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
     self.info = dict(info or {})
     self.batch_size = batch_size
-    module_cls, method = _ARCHITECTURES[arch]
+    module_cls, method, prepare = _ARCHITECTURES[arch]
     # JSON round trips turn tuples into lists; module fields should be hashable.
     self.module = module_cls(
       **{k: tuple(v) if isinstance(v, list) else v for k, v in self.arch_kwargs.items()}
     )
+    self._prepare = jax.jit(prepare) if prepare else None
     self._apply = jax.jit(lambda v, x: self.module.apply(v, x, method=method))
 
   def __repr__(self) -> str:
     return f"FeatureExtractor(name={self.name!r}, arch={self.arch!r})"
 
   def __call__(self, images) -> np.ndarray:
-    """Features (N, D) as float32 numpy; batches are padded to one size so it compiles once."""
-    images = _as_float_images(images)
+    """Features (N, D) as float32 numpy; batches are padded to one size so it compiles once.
+
+    Images move to the device one batch at a time, so a large host array is fine.
+    """
+    images = _as_nhwc(images)
     if self.input_shape is not None and tuple(images.shape[1:]) != self.input_shape:
       raise DataError(
         f"feature extractor {self.name!r} expects images {self.input_shape}, "
@@ -457,10 +470,12 @@ class FeatureExtractor:
     batch = min(self.batch_size, n)
     out = []
     for start in range(0, n, batch):
-      chunk = images[start : start + batch]
+      chunk = _as_float_images(images[start : start + batch])
       valid = chunk.shape[0]
       if valid < batch:
         chunk = jnp.concatenate([chunk, jnp.zeros((batch - valid, *chunk.shape[1:]), chunk.dtype)])
+      if self._prepare is not None:
+        chunk = self._prepare(chunk)
       out.append(np.asarray(self._apply(self.variables, chunk))[:valid])
     return np.concatenate(out)
 

@@ -19,9 +19,9 @@ _random_masking = jax.jit(masks.random_masking, static_argnums=(1, 2, 3))
 
 @_SETTINGS
 @given(
-  n_tokens=st.integers(1, 64),
+  n_tokens=st.sampled_from([1, 2, 7, 16, 49]),
   mask_ratio=st.floats(0.0, 1.0),
-  batch=st.integers(1, 4),
+  batch=st.sampled_from([1, 3]),
   seed=st.integers(0, 2**16),
 )
 def test_random_masking_structure(n_tokens, mask_ratio, batch, seed):
