@@ -86,6 +86,9 @@ def _maybe_initialize_distributed(flags) -> None:
   if flags.num_processes and flags.num_processes > 1:
     if flags.coordinator_address is None or flags.process_id is None:
       _fail("--num_processes > 1 needs --coordinator_address and --process_id")
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+      # CPU processes need a collectives backend to form one global mesh.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
       flags.coordinator_address, num_processes=flags.num_processes, process_id=flags.process_id
     )

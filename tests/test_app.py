@@ -136,3 +136,60 @@ def test_core_runs_without_tensorflow(tmp_path):
   proc = run("--config", "tests/toy/config.py:tiny", workdir=tmp_path, python_prefix=BLOCK_TF)
   assert proc.returncode == 0, proc.stderr
   assert (tmp_path / "results.json").exists()
+
+
+def _free_port():
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+  """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, on the same global batches."""
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  }
+  port = _free_port()
+  procs = [
+    subprocess.Popen(
+      [sys.executable, *TOY, "--workdir", str(tmp_path / "multi")]
+      + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
+      + ["--process_id", str(i)],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+  single_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  single = subprocess.run(
+    [sys.executable, *TOY, "--workdir", str(tmp_path / "single")],
+    cwd=ROOT,
+    env=single_env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert single.returncode == 0, single.stderr
+  multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+  one = json.loads((tmp_path / "single" / "results.json").read_text())
+  assert multi["devices"]["processes"] == 2 and multi["devices"]["count"] == 4
+  assert one["devices"]["processes"] == 1 and one["devices"]["count"] == 4
+
+  def losses(d):
+    return [
+      json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+    ]
+
+  assert losses("multi") == pytest.approx(losses("single"), rel=1e-5)
+  assert multi["metrics"]["test_accuracy"] == pytest.approx(one["metrics"]["test_accuracy"])
