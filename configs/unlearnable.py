@@ -1,0 +1,232 @@
+"""Transferable unlearnable examples: protect a training set, attack it with many learners.
+
+    python -m unlearnable --config configs/unlearnable.py --workdir runs/unlearnable
+    python -m unlearnable --config configs/unlearnable.py:tiny --workdir /tmp/ue_tiny
+    python -m unlearnable --config configs/unlearnable.py:compare --workdir runs/ue_compare  # GPU
+    python -m unlearnable --config configs/unlearnable.py:paper,dataset=cifar100 --workdir ...
+
+Variants:
+  tiny     seconds; every method and victim on a few hundred images (tests).
+  default  `shapes` (5 shape classes, 16x16) as the protected set, a second `shapes` draw (other
+           seed, weaker nuisance) for data-wise transfer; clean vs random vs EM vs TUE vs dist
+           (+ LSP, AR, OPS, class-wise EM), every victim, 3 seeds, on 2 CPU cores.
+  compare  the same comparison at 32x32 with more data and a wider ResNet-18 (for a GPU).
+  paper    CIFAR-10 / CIFAR-100 / SVHN (`dataset=`) via TFDS, ResNet-18, the EM and TUE
+           hyper-parameters (Huang et al. 2021; Ren et al. 2023, renjie3/TUE demo.sh).
+See docs/unlearnable.md for what each field reconstructs and why.
+"""
+
+import ml_collections
+
+from shared import config_utils
+
+VARIANTS = ("tiny", "compare", "paper")
+TFDS = {"cifar10": "tfds:cifar10", "cifar100": "tfds:cifar100", "svhn": "tfds:svhn_cropped"}
+
+
+def _shapes(resolution, num_train, num_test, seed=0, nuisance=1.0):
+  return ml_collections.ConfigDict(
+    dict(
+      name="shapes",
+      data_dir="",
+      train_split="train",
+      test_split="test",
+      max_examples={"train": 0, "test": 0},  # 0 = the whole split.
+      options=dict(
+        resolution=resolution,
+        grid=2,
+        min_objects=1,
+        max_objects=1,
+        label="shape",  # 5 classes: circle, square, triangle, diamond, cross.
+        seed=seed,
+        nuisance=nuisance,
+        num_train=num_train,
+        num_val=8,
+        num_test=num_test,
+        num_heldout=8,
+      ),
+    )
+  )
+
+
+def _tfds(name):
+  return ml_collections.ConfigDict(
+    dict(
+      name=name,
+      data_dir="",
+      train_split="train",
+      test_split="test",
+      max_examples={"train": 0, "test": 0},
+      options={},
+    )
+  )
+
+
+def get_config(arg=None):
+  args = config_utils.parse_arg(arg, variants=VARIANTS, dataset="cifar10")
+  v = args.variant
+  tiny, compare, paper = v == "tiny", v == "compare", v == "paper"
+  cfg = ml_collections.ConfigDict()
+  cfg.method = "unlearnable"
+  cfg.variant = v
+  cfg.seed = 0  # Recorded in results.json; the run loops over `seeds`.
+  cfg.seeds = (0,) if tiny else (0, 1, 2)
+  cfg.eps = 8 / 255
+  cfg.generator = "tue"  # What `unlearnable.generate(config, ...)` makes unless method= is given.
+
+  # -- data -------------------------------------------------------------------------------------
+  if paper:
+    if args.dataset not in TFDS:
+      raise config_utils.ConfigError(f"dataset={args.dataset!r}; known: {', '.join(TFDS)}")
+    cfg.data = _tfds(TFDS[args.dataset])
+    # Data-wise transfer keeps 10 classes: CIFAR-10 noise onto SVHN (class k -> digit k), and
+    # SVHN noise onto CIFAR-10; CIFAR-100 has no 100-class partner, so it transfers to itself.
+    target = {"cifar10": "svhn", "svhn": "cifar10", "cifar100": "cifar100"}[args.dataset]
+    transfer_data = _tfds(TFDS[target])
+  elif compare:
+    cfg.data = _shapes(32, 10_000, 2_000)
+    transfer_data = _shapes(32, 10_000, 2_000, seed=1, nuisance=0.5)
+  else:
+    n_train, n_test = (256, 128) if tiny else (2_000, 1_000)
+    cfg.data = _shapes(16, n_train, n_test, nuisance=0.5)
+    transfer_data = _shapes(16, n_train, n_test, seed=1, nuisance=0.25)
+
+  # -- rows and columns of the table -------------------------------------------------------------
+  cfg.methods = ("clean", "random", "em", "tue", "dist", "em_class", "lsp", "ar", "ops")
+  if paper:
+    cfg.methods = ("clean", "random", "em", "tue", "dist", "em_class", "lsp", "ar", "ops")
+  cfg.victims = (
+    "supervised",
+    "supervised_other",
+    "simclr",
+    "grayscale",
+    "jpeg",
+    "adversarial",
+    "mixup",
+    "cutout",
+    "datawise",
+  )
+
+  # -- models (specs for shared.models.get_classifier) ---------------------------------------------
+  cfg.models = ml_collections.ConfigDict()
+  cfg.models.small_cnn = dict(name="small_cnn", widths=(8, 16, 32), hidden=64)
+  cfg.models.mlp = dict(name="mlp", hidden=(256,))
+  cfg.models.resnet18 = dict(name="resnet18", width=64 if paper else (32 if compare else 4))
+  if compare:
+    cfg.models.small_cnn = dict(name="small_cnn", widths=(32, 64, 128), hidden=256)
+    cfg.models.mlp = dict(name="mlp", hidden=(512, 512))
+  if tiny:  # Fast to compile: the test runs every method and victim.
+    cfg.models.small_cnn = dict(name="small_cnn", widths=(4, 8), hidden=16)
+    cfg.models.mlp = dict(name="mlp", hidden=(32,))
+  cfg.surrogate = "resnet18" if paper or compare else ("mlp" if tiny else "small_cnn")
+  cfg.other_arch = "small_cnn" if paper or compare or tiny else "resnet18"
+
+  # -- generators ---------------------------------------------------------------------------------
+  # EM (Huang et al. 2021): sample-wise, 20 steps of 0.8/255, 10 model batches between sweeps,
+  # stop at 99% train accuracy on x + delta. SGD 0.1, momentum 0.9, weight decay 5e-4.
+  cfg.em = dict(
+    batch_size=512 if paper else 128,
+    train_steps=10,
+    pgd_steps=20 if paper or compare else (2 if tiny else 10),
+    step_size=(0.8 if paper or compare else 1.6) / 255,  # default: half the steps, same travel
+    max_rounds=100 if paper else (2 if tiny else (30 if compare else 12)),
+    stop_accuracy=0.99,
+    random_start=True,
+    eot=1,
+    augment=False,
+    optimizer=config_utils.optimizer_config(
+      name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="constant"
+    ),
+  )
+  # TUE (Ren et al. 2023, SimCLR command of demo.sh): 20 PGD steps of 0.8/255, random start,
+  # CSD weight 0.1, temperature 0.5, batch 512, 20 SimCLR batches between sweeps, 40 epochs
+  # (~5 sweeps an epoch on CIFAR-10 -> 200 rounds). Adam 1e-3, weight decay 1e-6 (SimCLR repo).
+  cfg.tue = dict(
+    batch_size=512 if paper else 128,
+    train_steps=20 if paper or compare else (2 if tiny else 15),
+    pgd_steps=20 if paper or compare else (2 if tiny else 10),
+    step_size=(0.8 if paper or compare else 1.6) / 255,
+    max_rounds=200 if paper else (1 if tiny else (20 if compare else 6)),
+    random_start=True,
+    temperature=0.5,
+    csd_weight=0.1,
+    eot=1,
+    proj_hidden=512 if paper else (128 if compare else 64),
+    proj_dim=128 if paper else (64 if compare else 32),
+    aug=dict(
+      crop_scale=(0.2, 1.0) if paper or compare else (0.4, 1.0),
+      jitter_strength=1.0,
+      jitter_prob=0.8,
+      grayscale_prob=0.2,
+    ),
+    optimizer=config_utils.optimizer_config(lr=1e-3, weight_decay=1e-6, schedule="constant"),
+  )
+  # The distribution-level term (docs/unlearnable.md): class separability of x + delta in the
+  # feature spaces of the SimCLR surrogate and of freshly initialised networks of other
+  # architectures (re-drawn every round), added to the TUE objective with weight `weight`.
+  cfg.dist = dict(
+    weight=1.0,
+    kind="csd",  # csd | mmd (-mean between-class MMD^2, median-heuristic Gaussian kernel)
+    include_surrogate=True,
+    feature_nets=("mlp", "small_cnn") if not (paper or compare) else ("mlp", "small_cnn"),
+  )
+  cfg.lsp = dict(patch=8 if paper or compare else 4, spread=0.1)
+  cfg.ar = dict(window=3)
+
+  # -- victims ------------------------------------------------------------------------------------
+  if paper:  # ResNet-18, SGD 0.1, momentum 0.9, wd 5e-4, cosine, 100 epochs (EM's protocol: 60).
+    opt = config_utils.optimizer_config(
+      name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine"
+    )
+    cfg.victim = dict(
+      epochs=100, batch_size=128, eval_every=5, augment="crop_flip", crop_pad=4, optimizer=opt
+    )
+  else:
+    opt = config_utils.optimizer_config(lr=3e-3, weight_decay=5e-4, schedule="cosine")
+    cfg.victim = dict(
+      epochs=2 if tiny else (40 if compare else 15),
+      batch_size=64 if tiny else 128,
+      eval_every=1 if tiny else (5 if compare else 3),
+      # crop_flip | flip | none, applied to x + delta. At 16x16 a 2-pixel crop halves what the
+      # small CNN learns in 15 epochs (measured: 37% vs 66% clean test), so default flips only.
+      augment="crop_flip" if compare else "flip",
+      crop_pad=0,  # 0 = H // 8 (4 px at 32x32)
+      optimizer=opt,
+    )
+  cfg.simclr_victim = dict(
+    epochs=500 if paper else (2 if tiny else (100 if compare else 20)),
+    batch_size=512 if paper else (64 if tiny else 128),
+    eval_every=100 if paper else (1 if tiny else (20 if compare else 5)),
+    temperature=0.5,
+    proj_hidden=512 if paper else (128 if compare else 64),
+    proj_dim=128 if paper else (64 if compare else 32),
+    aug=dict(
+      crop_scale=(0.2, 1.0) if paper or compare else (0.4, 1.0),
+      jitter_strength=1.0,
+      jitter_prob=0.8,
+      grayscale_prob=0.2,
+    ),
+    optimizer=config_utils.optimizer_config(
+      lr=1e-3 if paper else 2e-3, weight_decay=1e-6, schedule="cosine"
+    ),
+    probe="protected",  # protected | clean: the data the linear probe is fitted on.
+    probe_c=1.0,  # Inverse L2 strength of the logistic-regression probe.
+  )
+  cfg.defences = dict(
+    jpeg_quality=10,
+    grayscale_test=True,  # Grey the test images too (the defence is part of the input pipeline).
+    adv_eps=4 / 255,  # "Small radius": half the protection budget.
+    adv_steps=10 if paper else 2,
+    adv_step_size=(1 / 255) if paper else (2.5 / 255),
+    mixup_alpha=1.0,
+    cutout_size=16 if paper or compare else 8,
+  )
+  cfg.transfer = dict(rule="interp", data=transfer_data)
+
+  cfg.run = config_utils.run_config(
+    log_every=50,
+    checkpoint_every=500,
+    progress=False,
+    checkpoint_victims=paper or compare,  # default/tiny cells take seconds: resume per cell.
+  )
+  return cfg

@@ -1,0 +1,314 @@
+"""Unlearnable examples: budgets, CSD, the npz, bad inputs, and the tiny run end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import unlearnable
+from configs.unlearnable import get_config
+from shared.errors import ConfigError, DataError
+from unlearnable import baselines, countermeasures, csd, transfer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 1e-6  # float32 rounding of clip(x + d, 0, 1) - x
+
+
+def numpy_csd(x, y, k, e=1e-5):
+  """CSD written out with loops, as Ren et al. define it (eq. 4), over the classes present."""
+  x = x.reshape(len(x), -1).astype(np.float64)
+  present = [c for c in range(k) if np.any(y == c)]
+  centre = {c: x[y == c].mean(0) for c in present}
+  sigma = {c: np.mean(np.linalg.norm(x[y == c] - centre[c], axis=1)) for c in present}
+  terms = [
+    (sigma[i] + sigma[j] + e) / (np.linalg.norm(centre[i] - centre[j]) + e)
+    for i in present
+    for j in present
+    if i != j
+  ]
+  return np.mean(terms)
+
+
+def test_csd_matches_the_direct_formula():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 7)).astype(np.float32)
+  y = rng.choice([0, 1, 2, 4], size=40)  # class 3 absent: masked, not a NaN
+  got = float(csd.csd(jnp.asarray(x), jnp.asarray(y), 5))
+  np.testing.assert_allclose(got, numpy_csd(x, y, 5), rtol=1e-5)
+  # Images are flattened; one class only -> 0; separated classes score lower.
+  img = rng.normal(size=(12, 4, 4, 3))
+  yi = np.repeat([0, 1, 2], 4)
+  np.testing.assert_allclose(float(csd.csd(img, yi, 3)), numpy_csd(img, yi, 3), rtol=1e-5)
+  assert float(csd.csd(img, np.zeros(12, int), 3)) == 0.0
+  shifted = img + 5.0 * yi[:, None, None, None]
+  assert float(csd.csd(shifted, yi, 3)) < float(csd.csd(img, yi, 3))
+
+
+def test_csd_gradient_matches_finite_differences_including_the_spread():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(9, 4))
+  y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+  with jax.enable_x64(True):
+    f = lambda z: csd.csd(z, jnp.asarray(y), 3)
+    grad = np.asarray(jax.grad(f)(jnp.asarray(x)))
+    detached = np.asarray(jax.grad(lambda z: csd.csd(z, jnp.asarray(y), 3, detach_spread=True))(x))
+    h = 1e-6
+    fd = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+      up, down = x.copy(), x.copy()
+      up[idx] += h
+      down[idx] -= h
+      fd[idx] = (float(f(jnp.asarray(up))) - float(f(jnp.asarray(down)))) / (2 * h)
+  np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)
+  # The released code's detached sigma gives a different (incomplete) gradient.
+  assert np.abs(detached - fd).max() > 1e-2
+
+
+def test_class_mmd_grows_as_classes_separate():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(30, 5)).astype(np.float32)
+  y = np.repeat([0, 1, 2], 10)
+  base = float(csd.class_mmd(x, y, 3))
+  apart = float(csd.class_mmd(x + 3.0 * y[:, None], y, 3))
+  assert 0.0 <= base < apart
+
+
+def _config(**overrides):
+  cfg = get_config("tiny")
+  with cfg.unlocked():
+    for key, value in overrides.items():
+      node = cfg
+      *path, leaf = key.split(".")
+      for p in path:
+        node = node[p]
+      node[leaf] = value
+  return cfg
+
+
+@st.composite
+def image_sets(draw, max_side=9):
+  n = draw(st.integers(2, 10))
+  h, w = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+  grey = draw(st.booleans())
+  seed = draw(st.integers(0, 2**31 - 1))
+  rng = np.random.default_rng(seed)
+  shape = (n, h, w) if grey else (n, h, w, draw(st.sampled_from([1, 3])))
+  images = rng.uniform(0, 1, shape).astype(np.float32)
+  images[rng.uniform(size=shape) < 0.2] = 0.0  # saturated pixels: the budget must still hold
+  images[rng.uniform(size=shape) < 0.2] = 1.0
+  labels = rng.integers(0, draw(st.integers(1, 4)), n)
+  return images, labels, seed
+
+
+def _check_budget(method, images, labels, delta, eps):
+  assert delta.shape == images.shape and delta.dtype == np.float32
+  protected = images + delta
+  assert protected.min() >= -TOL and protected.max() <= 1 + TOL
+  if method in unlearnable.perturb.L0_METHODS:
+    changed = (np.abs(delta) > 0).reshape(
+      len(delta),
+      -1 if images.ndim == 3 else images.shape[1] * images.shape[2],
+      *(() if images.ndim == 3 else (-1,)),
+    )
+    per_image = changed.any(-1).sum(1) if images.ndim == 4 else changed.sum(1)
+    assert per_image.max() <= 1
+  else:
+    assert np.abs(delta).max() <= eps + TOL
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+  data=image_sets(),
+  method=st.sampled_from(["clean", "random", "lsp", "ar", "ops"]),
+  eps=st.floats(1 / 255, 32 / 255),
+)
+def test_budget_holds_for_direct_generators(data, method, eps):
+  images, labels, seed = data
+  cfg = _config(eps=eps)
+  delta = unlearnable.generate(cfg, images, labels, jax.random.PRNGKey(seed), method=method)
+  _check_budget(method, images, labels, delta, eps)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+  method=st.sampled_from(["em", "em_class", "tue", "dist"]),
+  eps=st.floats(1 / 255, 16 / 255),
+  seed=st.integers(0, 2**31 - 1),
+)
+def test_budget_holds_for_surrogate_generators(method, eps, seed):
+  # One image shape (compiles once per method); eps, content and labels vary.
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(0, 1, (16, 8, 8, 3)).astype(np.float32)
+  images[rng.uniform(size=images.shape) < 0.2] = 1.0
+  labels = rng.integers(0, 3, 16)
+  cfg = _config(eps=eps)
+  delta = unlearnable.generate(
+    cfg, images, labels, jax.random.PRNGKey(seed), method=method, num_classes=3
+  )
+  _check_budget(method, images, labels, delta, eps)
+  assert np.abs(delta).max() > 0.5 * eps  # the search moved the perturbations
+  if method == "em_class":  # one perturbation per class, up to the [0, 1] clipping
+    free = (images > eps) & (images < 1 - eps)
+    for c in range(3):
+      rows = np.flatnonzero(labels == c)
+      if len(rows) > 1:
+        ref = np.where(free[rows[0]], delta[rows[0]], np.nan)
+        for r in rows[1:]:
+          both = free[rows[0]] & free[r]
+          np.testing.assert_allclose(delta[r][both], ref[both], atol=TOL)
+
+
+def test_grey_images_of_any_size_keep_their_shape():
+  rng = np.random.default_rng(3)
+  images = rng.uniform(0, 1, (12, 7, 5)).astype(np.float32)
+  labels = np.arange(12) % 2
+  cfg = _config()
+  delta = unlearnable.generate(cfg, images, labels, jax.random.PRNGKey(0), method="em")
+  _check_budget("em", images, labels, delta, cfg.eps)
+
+
+def test_npz_round_trips(tmp_path):
+  rng = np.random.default_rng(4)
+  delta = rng.uniform(-0.03, 0.03, (5, 4, 4, 3)).astype(np.float32)
+  path = str(tmp_path / "perturbations.npz")
+  unlearnable.save(path, delta, np.arange(10, 15), 8 / 255)
+  back = unlearnable.load(path)
+  assert set(back) == {"delta", "indices", "eps"}
+  np.testing.assert_array_equal(back["delta"], delta)
+  np.testing.assert_array_equal(back["indices"], np.arange(10, 15))
+  assert back["eps"] == np.float32(8 / 255)
+  np.savez(tmp_path / "bad.npz", delta=delta)
+  with pytest.raises(DataError, match="indices"):
+    unlearnable.load(str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.parametrize(
+  "images, labels, eps, kwargs, error, words",
+  [
+    (np.full((4, 4, 4, 3), 0.5), [0, 1, 0, 1], 0.0, {}, ConfigError, "eps"),
+    (np.full((4, 4, 4, 3), 0.5), [0, 1, 0, 1], -8 / 255, {}, ConfigError, "eps"),
+    (np.full((4, 4, 4, 3), 255.0), [0, 1, 0, 1], 8 / 255, {}, DataError, "[0, 1]"),
+    (np.full((4, 4, 4, 3), -0.1), [0, 1, 0, 1], 8 / 255, {}, DataError, "[0, 1]"),
+    (np.full((4, 4, 4, 3), 0.5), [0, 1, 0, 7], 8 / 255, {"num_classes": 2}, DataError, "classes"),
+    (np.full((4, 4, 4, 3), 0.5), [0, 1, 0, -1], 8 / 255, {}, DataError, "labels"),
+    (np.full((4, 4, 4, 3), 0.5), [0, 1, 0], 8 / 255, {}, DataError, "labels"),
+    (np.full((4, 4, 4, 3), 128, np.uint8), [0, 1, 0, 1], 8 / 255, {}, DataError, "float"),
+    (np.full((4, 4, 4, 3), 0.5), [0, 1, 0, 1], 8 / 255, {"method": "nope"}, ConfigError, "nope"),
+  ],
+)
+def test_bad_inputs_are_clear_errors(images, labels, eps, kwargs, error, words):
+  with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+    unlearnable.generate(
+      _config(eps=eps), images, np.asarray(labels), jax.random.PRNGKey(0), **kwargs
+    )
+
+
+def test_ar_noise_follows_its_class_process():
+  rng = np.random.default_rng(5)
+  coef = baselines.ar_coefficients(2, 1, rng)
+  start = rng.standard_normal((3, 12, 12))
+  run = baselines._ar_run(np.repeat(coef[:1, 0], 3, 0), start, 3)
+  # Every generated pixel satisfies the recurrence: sum(coef * its 3x3 causal window) = 0.
+  for i in range(2, 12):
+    for j in range(2, 12):
+      window = run[:, i - 2 : i + 1, j - 2 : j + 1]
+      np.testing.assert_allclose(
+        (window * coef[0, 0]).sum((1, 2)), 0.0, atol=1e-6 * np.abs(run).max()
+      )
+
+
+def test_one_pixel_shortcut_is_one_position_per_class():
+  rng = np.random.default_rng(6)
+  images = rng.uniform(0.2, 0.8, (20, 6, 6, 3)).astype(np.float32)
+  labels = np.arange(20) % 4
+  delta = baselines.one_pixel_shortcut(images, labels, 4, 8 / 255, rng)
+  for c in range(4):
+    where = {tuple(np.argwhere(np.abs(d).max(-1) > 0)[0]) for d in delta[labels == c]}
+    assert len(where) == 1
+    pos = where.pop()
+    values = (images + delta)[labels == c][:, pos[0], pos[1]]
+    assert np.all(np.isin(values, [0.0, 1.0])) and np.all(values == values[0])
+
+
+@pytest.mark.parametrize("rule", transfer.RULES)
+def test_datawise_transfer_keeps_the_budget_and_the_classes(rule):
+  rng = np.random.default_rng(7)
+  src = rng.uniform(0.1, 0.9, (30, 8, 8, 3)).astype(np.float32)
+  labels = np.arange(30) % 3
+  signs = np.array([-1.0, 1.0, 0.5])[labels]
+  delta = np.broadcast_to(signs[:, None, None, None] * 8 / 255, src.shape).astype(np.float32)
+  tgt = rng.uniform(0.1, 0.9, (12, 16, 16, 3)).astype(np.float32)  # other size: resized
+  tgt_labels = np.arange(12) % 3
+  moved = transfer.transfer(delta, src, labels, tgt, tgt_labels, 8 / 255, rule, rng)
+  assert moved.shape == tgt.shape and np.abs(moved).max() <= 8 / 255 + TOL
+  # Class k's target images get class k's perturbation (class_mean rescales it to eps).
+  expected = np.sign(signs) if rule == "class_mean" else signs
+  np.testing.assert_allclose(moved.mean((1, 2, 3)), expected[:12] * 8 / 255, atol=1e-6)
+  with pytest.raises(DataError, match="no source"):
+    transfer.transfer(delta, src, labels, tgt, tgt_labels + 3, 8 / 255, rule, rng)
+
+
+def test_jpeg_10_and_grayscale():
+  rng = np.random.default_rng(8)
+  images = rng.uniform(0, 1, (3, 16, 16, 3)).astype(np.float32)
+  out = countermeasures.jpeg(images, 10)
+  assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+  assert 0.02 < np.abs(out - images).mean() < 0.5  # lossy, not destroyed
+  grey = countermeasures.jpeg(images[..., :1], 10)
+  assert grey.shape == (3, 16, 16, 1)
+  g = countermeasures.grayscale(images)
+  assert g.shape == images.shape and np.allclose(g[..., 0], g[..., 2])
+  with pytest.raises(ConfigError):
+    countermeasures.jpeg(images, 0)
+
+
+def _cli(*args, workdir):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  return subprocess.run(
+    [sys.executable, "-m", "unlearnable", *args, "--workdir", str(workdir)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+
+
+def test_cli_bad_eps_is_one_line_exit_2(tmp_path):
+  proc = _cli("--config", "configs/unlearnable.py:tiny", "--config.eps=0.0", workdir=tmp_path)
+  assert proc.returncode == 2, proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "eps" in last and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_and_resume(tmp_path):
+  args = ("--config", "configs/unlearnable.py:tiny")
+  proc = _cli(*args, workdir=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  cfg = get_config("tiny")
+  metrics = results["metrics"]
+  assert metrics["num_classes"] == 5 and results["devices"]["count"] == 2
+  assert metrics["data_check"]["pixels_within_eps_of_0_or_1"] == 0.0
+  for m in cfg.methods:
+    for v in cfg.victims:
+      mean, std, n = metrics["final"][m][v]
+      assert 0.0 <= mean <= 1.0 and n == 1
+      assert metrics["peak"][m][v][0] >= mean - 1e-9
+    saved = unlearnable.load(str(tmp_path / "seed_0" / m / "perturbations.npz"))
+    assert saved["delta"].shape == (256, 16, 16, 3)
+    if m not in unlearnable.perturb.L0_METHODS:
+      assert np.abs(saved["delta"]).max() <= cfg.eps + TOL
+  assert "| em |" in (tmp_path / "table.md").read_text()
+  # Same command again: every perturbation and cell is reused, the numbers are identical.
+  again = _cli(*args, workdir=tmp_path)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((tmp_path / "results.json").read_text())["metrics"]["final"] == metrics["final"]

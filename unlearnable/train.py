@@ -1,0 +1,207 @@
+"""`python -m unlearnable`: protect a data set with each method, attack it with each victim.
+
+For each seed in `config.seeds` (a sub-folder `seed_<s>/` each, resumable on its own):
+  for each method in `config.methods`: generate perturbations of the training split (saved as
+    `seed_<s>/<method>/perturbations.npz`, keys delta, indices, eps), then
+    for each victim in `config.victims`: train it from scratch on the protected data and store
+    its clean-test accuracy in `seed_<s>/<method>/<victim>/cell.json`.
+Finished perturbations and cells are not recomputed when the same command is run again; an
+interrupted min-min search or victim resumes from its checkpoint (`run.checkpoint_victims`).
+The run writes `table.md` (mean ± std over seeds) and returns every number to results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from shared import app
+from shared import data as data_lib
+from shared.errors import ConfigError, DataError
+from unlearnable import csd, evaluate, perturb, report
+
+
+def _load(config_data, split):
+  options = config_data.options.to_dict()
+  arrays = data_lib.load(config_data.name, split, data_dir=config_data.data_dir or None, **options)
+  n = int(config_data.max_examples.get(split, 0)) if "max_examples" in config_data else 0
+  images, labels = arrays["image"], arrays["label"].astype(np.int32)
+  if n and n < len(labels):
+    images, labels = images[:n], labels[:n]
+  return {"image": np.asarray(images, np.float32), "label": np.asarray(labels, np.int32)}
+
+
+def _num_classes(config_data, *label_arrays) -> int:
+  if config_data.name.startswith("tfds:"):
+    k = 0
+  else:
+    k = int(data_lib.info(config_data.name, **config_data.options.to_dict()).get("num_classes", 0))
+  return max([k] + [int(labels.max()) + 1 for labels in label_arrays])
+
+
+def _check(config):
+  unknown = [m for m in config.methods if m not in perturb.METHODS]
+  if unknown:
+    raise ConfigError(f"unknown methods {unknown}; known: {', '.join(perturb.METHODS)}")
+  unknown = [v for v in config.victims if v not in evaluate.VICTIMS]
+  if unknown:
+    raise ConfigError(f"unknown victims {unknown}; known: {', '.join(evaluate.VICTIMS)}")
+  if not config.seeds:
+    raise ConfigError("config.seeds is empty; give at least one seed, e.g. --config.seeds='(0,)'")
+  if not 0 < config.eps <= 1:
+    raise ConfigError(f"eps must be in (0, 1], got {config.eps}")
+
+
+def data_check(images: np.ndarray, eps: float) -> dict:
+  """How much an eps perturbation can be clipped away: the fraction of pixel values within eps of
+  0 or 1 (MNIST: most of them; `shapes`: none)."""
+  near = (images < eps) | (images > 1.0 - eps)
+  return {"pixels_within_eps_of_0_or_1": float(near.mean()), "min": float(images.min()),
+          "max": float(images.max())}  # fmt: skip
+
+
+def perturbation_stats(delta, labels, num_classes, eps, seed) -> dict:
+  """Budget use and class structure of the perturbations themselves (no victim involved)."""
+  flat = delta.reshape(len(delta), -1)
+  out = {
+    "max_abs": float(np.abs(flat).max()),
+    "mean_abs_x255": float(np.abs(flat).mean() * 255.0),
+    "csd": float(csd.csd(flat, labels, num_classes)) if np.abs(flat).max() > 0 else float("nan"),
+  }
+  if np.abs(flat).max() > 0:
+    # Linear separability of delta alone: logistic regression, 80/20 split.
+    perm = np.random.default_rng(seed).permutation(len(flat))
+    cut = int(0.8 * len(flat))
+    clf = LogisticRegression(max_iter=300).fit(flat[perm[:cut]], labels[perm[:cut]])
+    out["delta_linear_accuracy"] = float(
+      np.mean(clf.predict(flat[perm[cut:]]) == labels[perm[cut:]])
+    )
+  return out
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path, payload):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if jax.process_index() == 0:
+    app.write_json(path, payload)
+
+
+def protect(config, method, train, num_classes, seed_key, mdir) -> tuple[np.ndarray, dict]:
+  """The method's perturbations of the training split, from perturbations.npz when made before."""
+  path = os.path.join(mdir, "perturbations.npz")
+  info_path = os.path.join(mdir, "generation.json")
+  n = len(train["label"])
+  if os.path.exists(path) and os.path.exists(info_path):
+    saved = perturb.load(path)
+    if saved["delta"].shape != train["image"].shape or not np.isclose(saved["eps"], config.eps):
+      raise DataError(f"{path} was made for other data or eps; use a fresh --workdir")
+    delta = np.zeros_like(train["image"])
+    delta[saved["indices"]] = saved["delta"]
+    return delta, _read_json(info_path)
+  t0 = time.time()
+  kind = perturb.METHODS[method][0]
+  delta, info = perturb.generate_with_info(
+    config,
+    train["image"],
+    train["label"],
+    seed_key,
+    method=method,
+    num_classes=num_classes,
+    workdir=mdir if kind == "surrogate" else None,
+  )
+  info = {**info, "generate_s": round(time.time() - t0, 2)}
+  info.update(perturbation_stats(delta, train["label"], num_classes, config.eps, 0))
+  os.makedirs(mdir, exist_ok=True)
+  if jax.process_index() == 0:
+    perturb.save(path, delta, np.arange(n), config.eps)
+  _write_json(info_path, info)
+  logging.info("%s: perturbations made (%s)", method, info)
+  return delta, info
+
+
+def run_seed(config, seed: int, sets: dict, num_classes: int, sdir: str) -> tuple[dict, dict]:
+  """All methods x victims for one seed; returns ({method: {victim: cell}}, {method: info})."""
+  seed_key = jax.random.PRNGKey(seed)
+  cells, infos = {}, {}
+  for method in config.methods:
+    mdir = os.path.join(sdir, method)
+    delta, infos[method] = protect(config, method, sets["train"], num_classes, seed_key, mdir)
+    cells[method] = {}
+    for victim in config.victims:
+      cdir = os.path.join(mdir, victim)
+      path = os.path.join(cdir, "cell.json")
+      if os.path.exists(path):
+        cells[method][victim] = _read_json(path)
+        continue
+      cell = evaluate.run_victim(config, victim, method, sets, delta, seed_key, num_classes, cdir)
+      _write_json(path, cell)
+      cells[method][victim] = cell
+  return cells, infos
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  _check(config)
+  t0 = time.time()
+  sets = {"train": _load(config.data, config.data.train_split)}
+  sets["test"] = _load(config.data, config.data.test_split)
+  labels = [sets["train"]["label"], sets["test"]["label"]]
+  if "datawise" in config.victims:
+    sets["transfer_train"] = _load(config.transfer.data, config.transfer.data.train_split)
+    sets["transfer_test"] = _load(config.transfer.data, config.transfer.data.test_split)
+    labels += [sets["transfer_train"]["label"], sets["transfer_test"]["label"]]
+  num_classes = _num_classes(config.data, *labels)
+  check = data_check(sets["train"]["image"], config.eps)
+  logging.info(
+    "data: %d train, %d test, %d classes, images %s; %s",
+    len(sets["train"]["label"]), len(sets["test"]["label"]), num_classes,
+    sets["train"]["image"].shape[1:], check,
+  )  # fmt: skip
+  per_seed, infos = {}, {}
+  for seed in config.seeds:
+    ts = time.time()
+    per_seed[seed], infos[seed] = run_seed(
+      config, seed, sets, num_classes, os.path.join(workdir, f"seed_{seed}")
+    )
+    logging.info("seed %d done in %.1fs", seed, time.time() - ts)
+  methods, victims = list(config.methods), list(config.victims)
+  final = report.summarise(per_seed, methods, victims, "final")
+  peak = report.summarise(per_seed, methods, victims, "peak")
+  wall = time.time() - t0
+  text = "\n".join(
+    [
+      f"Clean-test accuracy (%), final epoch, mean ± std over seeds {list(config.seeds)} "
+      f"({num_classes} classes, chance {100 / num_classes:.1f}%):",
+      "",
+      report.table_markdown(final, methods, victims),
+      "",
+      "Peak clean-test accuracy over training (%):",
+      "",
+      report.table_markdown(peak, methods, victims),
+      "",
+      f"Wall time of train_and_evaluate: {wall:.0f}s on {jax.devices()[0].device_kind} "
+      f"x{jax.device_count()}.",
+    ]
+  )
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "table.md"), "w") as f:
+      f.write(text + "\n")
+  print(text, flush=True)
+  metrics: dict = {f"{v}/{m}": final[m][v][0] for m in methods for v in victims if v in final[m]}
+  metrics["num_classes"] = num_classes
+  metrics["chance"] = 1.0 / num_classes
+  metrics["data_check"] = check
+  metrics["final"] = {m: {v: list(c) for v, c in row.items()} for m, row in final.items()}
+  metrics["peak"] = {m: {v: list(c) for v, c in row.items()} for m, row in peak.items()}
+  metrics["generation"] = {str(s): i for s, i in infos.items()}
+  metrics["train_and_evaluate_s"] = round(wall, 1)
+  return metrics
