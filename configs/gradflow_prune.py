@@ -1,0 +1,140 @@
+"""Gradient-flow iterative pruning of a DDPM U-Net vs one-shot (Diff-Pruning) baselines.
+
+  python -m gradflow_prune --config configs/gradflow_prune.py --workdir runs/gradflow_prune
+  python -m gradflow_prune --config configs/gradflow_prune.py:tiny --workdir /tmp/gp_tiny
+  python -m gradflow_prune --config configs/gradflow_prune.py:compare --workdir runs/gp_compare
+  python -m gradflow_prune --config configs/gradflow_prune.py:paper \
+      --config.teacher.weights=ddpm_ema_cifar10.pth --workdir runs/gp_paper
+  # the default variant's teacher, alone (resumable; the lead ships it in gradflow_prune/assets/):
+  python -m gradflow_prune --config configs/gradflow_prune.py --config.stage=pretrain \
+      --workdir runs/gp_teacher
+
+Variants:
+  tiny     seconds: an 8x8 U-Net on `digits`, its teacher pre-trained in the run, a few steps.
+  default  the shipped mnist5k 32x32 teacher (0.9M params), every criterion x procedure pruned to
+           ~50% MACs with the same 80 training steps each, + the iterative ablations; 2 CPU cores.
+  compare  the same on a GPU: 3 seeds, 2,000 training steps, more samples for FD.
+  paper    CIFAR-10 (TFDS) from a supplied google/ddpm-cifar10-32 state dict, Diff-Pruning's ratios
+           (keep 0.7 / 0.5 via --config.prune.keep_ratio), 100K fine-tuning steps, DDIM 100 quad.
+"""
+
+import ml_collections
+
+from shared import config_utils
+
+VARIANTS = ("tiny", "compare", "paper")
+
+
+def get_config(arg=None):
+  args = config_utils.parse_arg(arg, variants=VARIANTS)
+  v = args.variant
+  tiny, compare, paper = v == "tiny", v == "compare", v == "paper"
+  cfg = ml_collections.ConfigDict()
+  cfg.method = "gradflow_prune"
+  cfg.variant = v
+  cfg.seed = 0  # data order, init, eval noise
+  cfg.seeds = (0, 1, 2) if compare else (0,)  # one pruning run per seed per criterion x procedure
+  cfg.stage = "all"  # all | pretrain (only pre-train and export the teacher)
+
+  cfg.data = ml_collections.ConfigDict(
+    dict(
+      name="digits" if tiny else "tfds:cifar10" if paper else "mnist5k",
+      data_dir="",
+      image_size=0 if (tiny or paper) else 32,  # mnist5k 28x28 zero-padded to 32x32
+    )
+  )
+
+  # The U-Net (shared/models/unet.py). Default: ch 24, (1, 2, 2), attention at 16x16, 8 groups
+  # (GroupNorm units of 3 channels, so keep_ratio 0.7 keeps 2 of 3: ~48% of the MACs).
+  cfg.model = ml_collections.ConfigDict(
+    dict(
+      ch=8 if tiny else 128 if paper else 24,
+      ch_mult=(1, 2) if tiny else (1, 2, 2, 2) if paper else (1, 2, 2),
+      num_res_blocks=1 if tiny else 2,
+      attn_resolutions=(4,) if tiny else (16,),
+      dropout=0.0 if tiny else 0.1,
+      num_groups=2 if tiny else 32 if paper else 8,
+    )
+  )
+  cfg.diffusion = ml_collections.ConfigDict(
+    dict(num_timesteps=1000, beta_start=1e-4, beta_end=0.02)
+  )
+
+  cfg.teacher = ml_collections.ConfigDict(
+    dict(
+      # A folder written by the pretrain stage (unet_config.json, params.npz, teacher.json);
+      # relative paths are taken from the repository root. Missing -> pre-trained in the run.
+      dir="" if (tiny or paper) else "gradflow_prune/assets/mnist32_teacher",
+      weights="",  # a diffusers UNet2DModel state dict (.pth/.bin/.npz/.safetensors); wins
+    )
+  )
+  cfg.pretrain = ml_collections.ConfigDict(
+    dict(
+      steps=60 if tiny else 30_000,
+      batch_size=32 if tiny else 128,
+      optimizer=config_utils.optimizer_config(
+        lr=2e-3 if tiny else 2e-4,
+        warmup_steps=0 if tiny else 1000,
+        schedule="constant",
+        grad_clip=1.0,
+        ema_decay=0.0 if tiny else 0.9995,
+      ),
+    )
+  )
+
+  cfg.prune = ml_collections.ConfigDict(
+    dict(
+      criteria=("random", "magnitude", "taylor", "grasp"),
+      procedures=("oneshot", "iterative"),
+      # Iterative-procedure ablations, run for `ablation_criteria`: lam0 (no criterion term in
+      # the flow), gamma0 (hard cut instead of soft decay), k1 (a single iteration).
+      ablations=() if paper else ("lam0", "gamma0", "k1"),
+      ablation_criteria=("grasp",),
+      keep_ratio=0.7,  # Diff-Pruning's ratio 0.3; per GroupNorm unit (see surgery.py)
+      total_steps=30 if tiny else 2000 if compare else 100_000 if paper else 80,
+      batch_size=16 if tiny else 128 if (compare or paper) else 32,
+      optimizer=config_utils.optimizer_config(
+        lr=1e-3 if tiny else 2e-4 if paper else 5e-4,
+        schedule="constant",
+        grad_clip=1.0,
+        ema_decay=0.9999 if paper else 0.0,
+      ),
+      # Scoring batch (fixed noise) for taylor / grasp, and the taylor timestep sweep.
+      score_batch_size=16 if tiny else 128 if paper else 32,
+      taylor_thr=0.05,
+      taylor_stride=1 if paper else 100 if tiny else 20,  # t = 0, stride, 2 stride, ...
+      grasp_batches=1,
+      # The iterative flow (prune.FlowConfig).
+      iterations=2 if tiny else 10 if paper else 4,
+      n_flow=2 if tiny else 5,
+      eta=0.05,
+      lam=1.0,
+      gamma=0.5,
+      n_train=5 if tiny else 1000 if paper else (100 if compare else 10),
+      power=3.0,
+    )
+  )
+
+  cfg.eval = ml_collections.ConfigDict(
+    dict(
+      num_samples=32 if tiny else 50_000 if paper else 2048 if compare else 256,
+      batch_size=32 if tiny else 500 if paper else 128,
+      ddim_steps=5 if tiny else 100 if paper else 20,
+      skip="quad" if paper else "uniform",
+      eta=0.0,
+      clip_x0=True,
+      seed=1234,  # the shared initial noise of teacher and pruned samples
+      feature_steps=30 if tiny else 300,  # the default FD features: a classifier trained on data
+      inception_weights="",  # pytorch-fid's pt_inception .pth/.npz -> FID with Inception pool3
+      latency_batch=32 if tiny else 16,  # tiny: = batch_size, one compilation
+      latency_repeats=2 if tiny else 3,
+      grid=16 if tiny else 64,
+    )
+  )
+  cfg.run = config_utils.run_config(
+    log_every=10 if tiny else 100,
+    checkpoint_every=50 if tiny else 1000,
+    progress=not tiny,
+    dtype="bfloat16" if (compare or paper) else "float32",
+  )
+  return cfg

@@ -1,0 +1,216 @@
+"""Pruning procedures: one-shot, and iterative progressive soft pruning along a gradient flow.
+
+One-shot (Diff-Pruning's protocol): score the dense model once, keep the top `keep_ratio` of every
+channel group (per GroupNorm unit, `surgery.masks_from_scores`), remove, fine-tune for the whole
+step budget.
+
+Iterative (our reading of arXiv 2501.09464; docs/gradflow_prune.md): soft masks m in [0, 1] per
+channel multiply the network's channels (`UNet(..., masks=m)`), and for k = 1..K:
+
+    s_k  = sparsity_schedule(k, K, 1 - keep_ratio)                 # cubic (Zhu & Gupta)
+    R    = removal scores of the criterion at (theta, m)           # GraSP: S = -theta * (H g)
+    S^   = mean|dL/dm| * (R - mean R) / mean|R - mean R|           # centred, on dL/dm's scale
+    E(m) = L(theta, m) - lam * sum_c S^_c (1 - m_c)                # + reward for removing high S
+    n_flow Euler steps  m <- clip(m - eta * dE/dm / max|dE/dm|, 0, 1)
+    keep the top (1 - s_k) of every group by m; the others decay: m_c <- gamma * m_c
+    n_train denoising training steps of theta under m
+
+then harden (top keep_ratio -> 1, rest -> 0), remove physically, fine-tune for the rest of the
+budget: one-shot and iterative train for the same total number of steps.
+
+Why normalise: dE/dm's scale depends on the loss and the width. Dividing the Euler step by its
+largest entry (one scalar per step: a change of time variable of the same flow) makes `eta` the
+largest mask change per step, small enough for E to decrease; scaling S^ to dL/dm's magnitude
+makes `lam` a relative weight (lam = 1: the criterion's push equals the loss gradient's on
+average). Centring S^ keeps the criterion from pushing every mask down at once; the budget
+does that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradflow_prune import surgery
+from shared import masks as mask_schedules
+
+PROCEDURES = ("oneshot", "iterative")
+Masks = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+  """Knobs of the iterative procedure (each a config field; see configs/gradflow_prune.py)."""
+
+  iterations: int = 4  # K
+  n_flow: int = 5  # Euler steps per iteration
+  eta: float = 0.05  # mask units per Euler step
+  lam: float = 1.0  # weight of the criterion term (0: loss-only flow)
+  gamma: float = 0.5  # soft decay of the non-kept per iteration (0: hard cut)
+  n_train: int = 10  # denoising training steps per iteration
+  power: float = 3.0  # sparsity schedule exponent
+
+
+def _flat(masks: Mapping[str, Any], names) -> np.ndarray:
+  return np.concatenate([np.asarray(masks[n], np.float64).reshape(-1) for n in names])
+
+
+def _unflat(vec: np.ndarray, groups: surgery.Groups) -> Masks:
+  out, i = {}, 0
+  for g in groups:
+    out[g.name] = vec[i : i + g.size].astype(np.float32)
+    i += g.size
+  return out
+
+
+def normalized_removal(removal: Mapping[str, Any], groups: surgery.Groups, scale: float) -> Masks:
+  """S^ = scale * (R - mean R) / mean|R - mean R| over all channels of all groups."""
+  r = _flat(removal, groups.names)
+  r = r - r.mean()
+  r = r / max(np.abs(r).mean(), 1e-30) * scale
+  return _unflat(r, groups)
+
+
+def energy(loss: float, masks: Mapping[str, Any], s_hat: Mapping[str, Any], lam: float) -> float:
+  """E(m) = L(theta, m) - lam * sum_c S^_c (1 - m_c)."""
+  names = list(s_hat)
+  return float(loss) - lam * float(np.sum(_flat(s_hat, names) * (1.0 - _flat(masks, names))))
+
+
+def flow(
+  masks: Mapping[str, Any],
+  grad_fn: Callable,
+  params,
+  batch,
+  s_hat: Mapping[str, Any],
+  groups: surgery.Groups,
+  *,
+  lam: float,
+  eta: float,
+  n_flow: int,
+) -> tuple[Masks, list[float]]:
+  """n_flow projected Euler steps of dm/dt = -dE/dm on one batch; returns (masks, E per step).
+
+  The E list has n_flow + 1 entries: before the first step and after each.
+  """
+  x0, t_B, noise = batch
+  m = {k: np.asarray(v, np.float32) for k, v in masks.items()}
+  s_vec = _flat(s_hat, groups.names)
+  energies = []
+  for _ in range(n_flow + 1):
+    loss, grads = grad_fn(params, m, x0, t_B, noise)
+    energies.append(energy(loss, m, s_hat, lam))
+    if len(energies) == n_flow + 1:
+      break
+    d = _flat(jax.device_get(grads), groups.names) + lam * s_vec
+    step = eta * d / max(np.abs(d).max(), 1e-30)
+    m = _unflat(np.clip(_flat(m, groups.names) - step, 0.0, 1.0), groups)
+  return m, energies
+
+
+def decay_nonkept(
+  groups: surgery.Groups, masks: Mapping[str, Any], keep_ratio: float, gamma: float, tie_break
+) -> tuple[Masks, Masks]:
+  """Keeps the top keep_ratio by mask value (per unit); multiplies the others by gamma.
+
+  Returns (new soft masks, the binary keep set).
+  """
+  keep = surgery.masks_from_scores(groups, masks, keep_ratio, tie_break=tie_break)
+  soft = {k: np.where(keep[k] > 0, masks[k], gamma * np.asarray(masks[k])) for k in keep}
+  return {k: v.astype(np.float32) for k, v in soft.items()}, keep
+
+
+def harden(groups: surgery.Groups, masks: Mapping[str, Any], keep_ratio: float, tie_break) -> Masks:
+  """Binary masks: the top keep_ratio by mask value (ties by `tie_break`)."""
+  return surgery.masks_from_scores(groups, masks, keep_ratio, tie_break=tie_break)
+
+
+def budget_sparsity(k: int, iterations: int, final: float, power: float) -> float:
+  """s_k from shared.masks.sparsity_schedule (cubic by default)."""
+  return float(mask_schedules.sparsity_schedule(k, iterations, final, power))
+
+
+def iterative(
+  *,
+  groups: surgery.Groups,
+  criterion: str,
+  state,
+  params_of: Callable[[Any], Any],
+  score: Callable[[str, Any, Masks, int], tuple[dict, dict]],
+  removal: Callable[[str, dict], dict],
+  grad_fn: Callable,
+  flow_batch: Callable[[int], tuple],
+  train: Callable[[Any, Masks, int], Any],
+  keep_ratio: float,
+  cfg: FlowConfig,
+  start: int = 0,
+  masks: Masks | None = None,
+  on_iteration: Callable[[int, Any, Masks, dict], None] | None = None,
+) -> tuple[Masks, Any, list[dict]]:
+  """Iterative progressive soft pruning (module doc). Resumable: pass `start` (iterations done)
+  with the `state` and `masks` saved by `on_iteration` after that iteration.
+
+  Args:
+    groups: the dense model's channel groups.
+    criterion: a `criteria.CRITERIA` name.
+    state: opaque training state; `params_of(state)` gives the dense parameters.
+    score: (criterion, params, masks, k) -> (importance, info) at the current soft masks.
+    removal: (criterion, importance) -> removal scores R (higher = remove first).
+    grad_fn: (params, masks, x0, t_B, noise) -> (loss, dL/dmasks), e.g. `Scorer.mask_grads`.
+    flow_batch: k -> (x0, t_B, noise), the fixed batch of iteration k's flow.
+    train: (state, masks, k) -> state after cfg.n_train denoising steps under `masks`.
+    keep_ratio: the final fraction of channels kept.
+    cfg: the flow's knobs.
+    on_iteration: called after each iteration with (k, state, masks, info), e.g. to checkpoint.
+
+  Returns:
+    (hard masks, final state, per-iteration info).
+  """
+  final = 1.0 - keep_ratio
+  m = groups.ones() if masks is None else {k: np.asarray(v, np.float32) for k, v in masks.items()}
+  history = []
+  importance = None
+  for k in range(start + 1, cfg.iterations + 1):
+    params = params_of(state)
+    s_k = budget_sparsity(k, cfg.iterations, final, cfg.power)
+    importance, info = score(criterion, params, m, k)
+    batch = flow_batch(k)
+    _, dl_dm = grad_fn(params, m, *batch)
+    scale = float(np.abs(_flat(jax.device_get(dl_dm), groups.names)).mean())
+    s_hat = normalized_removal(removal(criterion, importance), groups, scale)
+    m, energies = flow(
+      m, grad_fn, params, batch, s_hat, groups, lam=cfg.lam, eta=cfg.eta, n_flow=cfg.n_flow
+    )
+    m, keep = decay_nonkept(groups, m, 1.0 - s_k, cfg.gamma, importance)
+    state = train(state, m, k)
+    mean_kept = float(np.mean(_flat(m, groups.names)[_flat(keep, groups.names) > 0]))
+    row = {
+      "iteration": k,
+      "sparsity": s_k,
+      "energy_start": energies[0],
+      "energy_end": energies[-1],
+      "mean_mask_kept": mean_kept,
+      "mean_mask": float(_flat(m, groups.names).mean()),
+      **{f"score_{a}": b for a, b in info.items() if isinstance(b, int | float)},
+    }
+    history.append(row)
+    if on_iteration is not None:
+      on_iteration(k, state, m, row)
+  if importance is None:  # resumed after the last iteration: rank by the masks alone
+    importance = {g.name: np.zeros(g.size) for g in groups}
+  return harden(groups, m, keep_ratio, importance), state, history
+
+
+def removal_from_importance(criterion: str, importance: Mapping[str, Any]) -> dict:
+  """R = -importance (for grasp this is S = -theta * (H g) itself)."""
+  del criterion
+  return {k: -np.asarray(v, np.float64) for k, v in importance.items()}
+
+
+def soft_masks_as_jnp(masks: Mapping[str, Any]) -> dict[str, jax.Array]:
+  return {k: jnp.asarray(v, jnp.float32) for k, v in masks.items()}
