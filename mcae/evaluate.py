@@ -1,0 +1,166 @@
+"""Scores, FAS metrics in both HTER conventions, ROC figures and the mean ± std tables.
+
+Per sub-run (one method, protocol and seed):
+  hter_eer  HTER at the test set's own EER threshold (SSDG / SSAN / FLIP convention; ~ EER),
+  hter_val  HTER at the threshold fixed on the sources' val data (EER point there): the number a
+            deployed model would get,
+  eer, auc, tpr_at_fpr_1pct on the target test set, and the source-val EER / AUC.
+The "mean" protocol row averages the protocols within each seed, then mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from shared import data as data_lib
+from shared import train_lib
+from shared.metrics import fas_metrics, roc_points
+from shared.report import format_mean_std
+
+METRICS = ("hter_eer", "hter_val", "auc", "tpr_at_fpr_1pct", "eer")
+MEAN_ROW = "mean"
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def predict(
+  score_fn: Callable,
+  params,
+  model_state,
+  arrays: Mapping[str, np.ndarray],
+  batch_size: int,
+  data_sharding,
+) -> np.ndarray:
+  """Liveness scores for every row of `arrays` (in order), with a jitted `score_fn`."""
+  out = []
+  for batch in data_lib.eval_batches({"image": arrays["image"]}, batch_size):
+    mask = batch.pop("mask")
+    images = train_lib.global_batch(batch, data_sharding)["image"]
+    scores = _to_host(score_fn(params, model_state, images))
+    if jax.process_count() > 1:
+      mask = _to_host(train_lib.global_batch({"m": mask}, data_sharding)["m"])
+    out.append(scores[mask])
+  return np.concatenate(out).astype(np.float64)
+
+
+def fas_report(val_scores, val_labels, test_scores, test_labels) -> dict[str, float]:
+  """Target-test metrics in both conventions, plus the source-val numbers they rest on."""
+  val = fas_metrics(val_scores, val_labels)
+  test = fas_metrics(test_scores, test_labels)
+  honest = fas_metrics(test_scores, test_labels, threshold=val["threshold"])
+  return {
+    "hter_eer": test["hter"],
+    "hter_val": honest["hter"],
+    "eer": test["eer"],
+    "auc": test["auc"],
+    "tpr_at_fpr_1pct": test["tpr_at_fpr_1pct"],
+    "threshold_val": val["threshold"],
+    "threshold_test_eer": test["threshold"],
+    "val_eer": val["eer"],
+    "val_auc": val["auc"],
+  }
+
+
+def mean_roc(curves: Sequence[tuple[np.ndarray, np.ndarray]], grid: np.ndarray) -> np.ndarray:
+  """Vertical average of ROC curves: mean TPR at each FPR of `grid` (step interpolation)."""
+  tprs = []
+  for fpr, tpr in curves:
+    # The ROC is a staircase; at a given FPR take the highest TPR reached there.
+    idx = np.searchsorted(fpr, grid, side="right") - 1
+    tprs.append(tpr[np.clip(idx, 0, len(tpr) - 1)])
+  return np.mean(tprs, axis=0)
+
+
+def roc_figure(path: str, title: str, curves: Mapping[str, list[tuple[np.ndarray, np.ndarray]]]):
+  """One PNG: per method, the ROC averaged over seeds (target test set)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  grid = np.linspace(0.0, 1.0, 201)
+  fig, ax = plt.subplots(figsize=(4.5, 4.2), dpi=110)
+  for name, runs in curves.items():
+    ax.plot(grid, mean_roc(runs, grid), label=f"{name} (n={len(runs)})", lw=1.4)
+  ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
+  ax.set(xlabel="FPR (attacks accepted)", ylabel="TPR (lives accepted)", title=title)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def roc_of(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  fpr, tpr, _ = roc_points(scores, labels)
+  return fpr, tpr
+
+
+def summarise(
+  runs: Sequence[Mapping], methods: Sequence[str], protocols: Sequence[str]
+) -> list[dict]:
+  """Rows (method, protocol incl. 'mean') with per-metric seed values, mean and std.
+
+  Args:
+    runs: one dict per sub-run with 'method', 'protocol', 'seed' and the METRICS.
+  """
+  rows = []
+  for method in methods:
+    mine = [r for r in runs if r["method"] == method]
+    per_seed: dict[int, list[Mapping]] = {}
+    for r in mine:
+      per_seed.setdefault(r["seed"], []).append(r)
+    for protocol in [*protocols, MEAN_ROW]:
+      row: dict = {"method": method, "protocol": protocol}
+      for m in METRICS:
+        if protocol == MEAN_ROW:
+          # Only seeds that ran every protocol count toward the mean row.
+          values = [
+            float(np.mean([r[m] for r in rs]))
+            for rs in per_seed.values()
+            if {r["protocol"] for r in rs} >= set(protocols)
+          ]
+        else:
+          values = [float(r[m]) for r in mine if r["protocol"] == protocol]
+        row[f"{m}_seeds"] = values
+        row[f"{m}_mean"] = float(np.mean(values)) if values else float("nan")
+        row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+      row["n_seeds"] = len(row[f"{METRICS[0]}_seeds"])
+      rows.append(row)
+  return rows
+
+
+def markdown_tables(rows: Sequence[Mapping], protocols: Sequence[str], scale: float = 100.0) -> str:
+  """One table per metric: methods x (protocols, mean), cells 'mean ± std' in percent."""
+  titles = {
+    "hter_eer": "HTER % at the test set's EER threshold (the field's convention)",
+    "hter_val": "HTER % at the threshold fixed on source val data (honest)",
+    "auc": "AUC %",
+    "tpr_at_fpr_1pct": "TPR % at FPR = 1%",
+  }
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  columns = [*protocols, MEAN_ROW]
+  out = []
+  for metric, title in titles.items():
+    out += [f"**{title}** (mean ± std over seeds)", ""]
+    out.append("| method | " + " | ".join(columns) + " |")
+    out.append("|---" * (len(columns) + 1) + "|")
+    for method in methods:
+      cells = []
+      for protocol in columns:
+        row = next(r for r in rows if r["method"] == method and r["protocol"] == protocol)
+        values = [scale * v for v in row[f"{metric}_seeds"]]
+        cells.append(format_mean_std(values, 1) if values else "—")
+      out.append(f"| {method} | " + " | ".join(cells) + " |")
+    out.append("")
+  return "\n".join(out)
