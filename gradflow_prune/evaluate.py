@@ -143,23 +143,26 @@ def save_grid(images01, path: str, cols: int = 8, title: str | None = None) -> N
 
 
 def plot_fd_vs_macs(rows: Sequence[dict], path: str, teacher: dict | None = None) -> None:
-  """Scatter of FD against MACs, one marker per (criterion, procedure); mean +- std over seeds."""
+  """FD against MACs: one line per (criterion, procedure) over the keep ratios; mean +- std over
+  seeds; the teacher as a star and a dashed line."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  by_label: dict[str, list[dict]] = {}
+  by_label: dict[str, dict[float, list[float]]] = {}
   for r in rows:
-    by_label.setdefault(f"{r['criterion']} / {r['procedure']}", []).append(r)
+    label = f"{r['criterion']} / {r['procedure']}"
+    by_label.setdefault(label, {}).setdefault(float(r["macs"]), []).append(float(r["fd"]))
   markers = "o^sDvP*Xh<>"
-  for i, (label, rs) in enumerate(sorted(by_label.items())):
-    macs = np.mean([r["macs"] for r in rs]) / 1e6
-    fds = [r["fd"] for r in rs]
+  for i, (label, points) in enumerate(sorted(by_label.items())):
+    macs = sorted(points)
+    means = [np.mean(points[m]) for m in macs]
+    stds = [np.std(points[m]) for m in macs]
     ax.errorbar(
-      macs, np.mean(fds), yerr=np.std(fds) if len(fds) > 1 else None, fmt=markers[i % 11],
-      label=label, capsize=3,
+      np.array(macs) / 1e6, means, yerr=stds if any(stds) else None, fmt=markers[i % 11] + "-",
+      label=label, capsize=3, lw=0.8,
     )  # fmt: skip
   if teacher:
     ax.axhline(teacher["fd"], color="k", ls="--", lw=1, label="teacher")

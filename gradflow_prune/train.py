@@ -453,16 +453,18 @@ def _load_masks(path):
     return {k: f[k] for k in f.files}
 
 
-def run_one(config, workdir, *, criterion, procedure, seed, teacher, tools, sched, mesh, data,
-            evaluator, index, total):  # fmt: skip
-  """One (criterion, procedure, seed) run; returns its result row (cached in result.json)."""
-  rdir = os.path.join(workdir, "runs", procedure, criterion, f"seed{seed}")
+def run_one(
+  config, workdir, *, criterion, procedure, seed, keep_ratio, teacher, tools, sched, mesh, data,
+  evaluator, index, total,
+):  # fmt: skip
+  """One (criterion, procedure, seed, keep ratio) run; returns its result row (result.json)."""
+  rdir = os.path.join(workdir, "runs", f"keep{keep_ratio:g}", procedure, criterion, f"seed{seed}")
   result_path = os.path.join(rdir, "result.json")
   if os.path.isfile(result_path):
     with open(result_path) as f:
       return json.load(f)
   os.makedirs(rdir, exist_ok=True)
-  label = f"{procedure}/{criterion}/seed{seed}"
+  label = f"keep{keep_ratio:g}/{procedure}/{criterion}/seed{seed}"
   logging.info("run %d/%d: %s", index, total, label)
   start = time.time()
   pc = config.prune
@@ -480,7 +482,7 @@ def run_one(config, workdir, *, criterion, procedure, seed, teacher, tools, sche
       masks = _load_masks(masks_path)
     else:
       importance, info = score(criterion, t_params, groups.ones(), 0)
-      masks = surgery.masks_from_scores(groups, importance, pc.keep_ratio)
+      masks = surgery.masks_from_scores(groups, importance, keep_ratio)
       _save_masks(masks_path, masks)
   else:
     fc = _flow_config(config, procedure)
@@ -538,7 +540,7 @@ def run_one(config, workdir, *, criterion, procedure, seed, teacher, tools, sche
         grad_fn=big.scorer.mask_grads,
         flow_batch=lambda k: _score_batches(config, data["train"], seed, 1000 + k, sched)[0],
         train=train,
-        keep_ratio=pc.keep_ratio,
+        keep_ratio=keep_ratio,
         cfg=fc,
         start=done,
         masks={k: np.asarray(v) for k, v in jax.device_get(state.model_state["masks"]).items()},
@@ -583,7 +585,10 @@ def run_one(config, workdir, *, criterion, procedure, seed, teacher, tools, sche
     "criterion": criterion,
     "procedure": procedure,
     "seed": seed,
-    **evaluator.evaluate(small, small_params, f"{procedure}_{criterion}_seed{seed}"),
+    "keep_ratio": keep_ratio,
+    **evaluator.evaluate(
+      small, small_params, f"keep{keep_ratio:g}_{procedure}_{criterion}_seed{seed}"
+    ),
     "interleaved_steps": interleaved,
     "finetune_steps": finetune_steps,
     "wall_s": round(time.time() - start, 1),
@@ -609,7 +614,7 @@ def _summary(rows, teacher_row):
   keys = ("fd", "ssim", "params", "macs", "latency_s")
   out = {}
   for r in rows:
-    out.setdefault(f"{r['procedure']}/{r['criterion']}", []).append(r)
+    out.setdefault(f"keep{r['keep_ratio']:g}/{r['procedure']}/{r['criterion']}", []).append(r)
   return {
     name: {
       **{k: float(np.mean([r[k] for r in rs])) for k in keys},
@@ -632,8 +637,8 @@ def _runs(config):
   for c in (*pc.criteria, *pc.ablation_criteria):
     if c not in criteria.CRITERIA:
       raise ConfigError(f"unknown criterion {c!r}; known: {', '.join(criteria.CRITERIA)}")
-  if not 0 < pc.keep_ratio <= 1:
-    raise ConfigError(f"prune.keep_ratio must be in (0, 1], got {pc.keep_ratio}")
+  if not pc.keep_ratios or not all(0 < r <= 1 for r in pc.keep_ratios):
+    raise ConfigError(f"prune.keep_ratios must be in (0, 1], got {pc.keep_ratios}")
   runs = [(c, p) for p in pc.procedures for c in pc.criteria]
   runs += [(c, f"iterative_{a}") for a in pc.ablations for c in pc.ablation_criteria]
   return runs
@@ -682,30 +687,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return metrics
 
   rows = []
-  todo = [(s, c, p) for s in config.seeds for c, p in runs]
-  for i, (seed, criterion, procedure) in enumerate(todo, 1):
+  todo = [(r, s, c, p) for r in config.prune.keep_ratios for s in config.seeds for c, p in runs]
+  for i, (keep, seed, criterion, procedure) in enumerate(todo, 1):
+    run = dict(criterion=criterion, procedure=procedure, seed=seed, keep_ratio=keep)
+    shared = dict(teacher=teacher, tools=tools, sched=sched, mesh=mesh, data=data)
     rows.append(
-      run_one(
-        config,
-        workdir,
-        criterion=criterion,
-        procedure=procedure,
-        seed=seed,
-        teacher=teacher,
-        tools=tools,
-        sched=sched,
-        mesh=mesh,
-        data=data,
-        evaluator=evaluator,
-        index=i,
-        total=len(todo),
-      )  # fmt: skip
+      run_one(config, workdir, **run, **shared, evaluator=evaluator, index=i, total=len(todo))
     )
   summary = _summary(rows, teacher_row)
   if jax.process_index() == 0:
     evaluate.plot_fd_vs_macs(rows, os.path.join(workdir, "fd_vs_macs.png"), teacher=teacher_row)
     table = report.mean_std_table(
-      rows, ["procedure", "criterion"], ["fd", "ssim", "params", "macs", "latency_s"]
+      rows, ["keep_ratio", "procedure", "criterion"], ["fd", "ssim", "params", "macs", "latency_s"]
     )
     with open(os.path.join(workdir, "summary.md"), "w") as f:
       f.write(
