@@ -33,11 +33,15 @@ ABLATIONS = (
   "mcae:pretrain.mask_ratio=0.5",
   "mcae:pretrain.mask_ratio=0.9",
   "mcae:pretrain.decoder_depth=2",
+  "mcae:pretrain.decoder_depth=4",
+  "mcae:pretrain.supcon_weight=0.0",  # lambda = 0: MAE -> FT
   "mcae:pretrain.supcon_weight=0.1",
   "mcae:pretrain.supcon_weight=2.0",
   "mcae:pretrain.spoof_positives=class",
   "mcae:finetune.train_blocks=1",
-  "mcae:finetune.train_blocks=0",
+  "mcae:finetune.train_blocks=0",  # linear probe (+ final norm)
+  "mcae:pretrain.num_steps=100;finetune.num_steps=200",  # same budget, split towards labels
+  "mcae:pretrain.num_steps=600",  # 3x the pre-training (beyond the baselines' budget)
 )
 
 

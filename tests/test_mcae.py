@@ -21,6 +21,7 @@ from shared.errors import ConfigError
 from shared.masks import random_masking
 from shared.models.vit import mae_loss, patchify, unpatchify
 
+KEY = jax.random.PRNGKey(0)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -330,3 +331,51 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   )
   assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
   assert "nope" in bad.stderr
+
+
+@pytest.mark.parametrize("variant", [None, "ablations", "compare", "paper"])
+def test_every_variant_builds_its_stages(variant):
+  """Each variant's models, losses and optimizers fit together (shapes only, nothing compiles)."""
+  cfg = get_config(variant)
+  side = cfg.data.options.get("resolution", cfg.data.options.get("image_size"))
+  shape = (side, side, 3)
+  assert side % cfg.model.patch_size == 0
+  dtype = train_lib.compute_dtype(cfg.run.dtype)
+  batch = {
+    "image": jax.ShapeDtypeStruct((8, *shape), jnp.float32),
+    **{k: jax.ShapeDtypeStruct((8,), jnp.int32) for k in ("label", "domain", "attack")},
+  }
+  seen = set()  # trace each distinct stage once (tracing ViT-B is slow)
+  for spec in cfg.methods:
+    base, _ = train.parse_method(spec)
+    mcfg = train.method_config(cfg, spec)
+    if variant == "ablations" and spec != "mcae":
+      continue  # the ablations only change values; their specs were parsed above
+    if train.METHODS[base].pretrain is not None:
+      pcfg = train.pretrain_config(mcfg, base)
+      params, _ = jax.eval_shape(pretrain.init_params(mcfg.model, pcfg, dtype, shape), KEY)
+      loss_fn = pretrain.make_loss(mcfg.model, pcfg, dtype, num_domains=4, num_attacks=3)
+      loss, _ = jax.eval_shape(loss_fn, params, {}, batch, KEY)
+      assert loss.shape == ()
+      jax.eval_shape(train_lib.make_optimizer(pcfg.optimizer, pcfg.num_steps).init, params)
+    is_resnet = train.METHODS[base].classifier == "resnet18"
+    if is_resnet in seen:
+      continue
+    seen.add(is_resnet)
+    model = (finetune.resnet18 if is_resnet else finetune.vit_classifier)(
+      mcfg.resnet if is_resnet else mcfg.model, dtype
+    )
+    params, state = jax.eval_shape(finetune.init_params(model, shape), KEY)
+    blocks = -1 if is_resnet else mcfg.finetune.train_blocks
+    opt_cfg = mcfg.resnet.optimizer if is_resnet else mcfg.finetune.optimizer
+    base_tx = train_lib.make_optimizer(opt_cfg, mcfg.baselines.supervised_steps)
+    tx = finetune.optimizer(base_tx, mcfg.model, blocks)
+    jax.eval_shape(tx.init, params)
+    loss, _ = jax.eval_shape(finetune.make_loss(model, mcfg.finetune), params, state, batch, KEY)
+    assert loss.shape == ()
+  if variant == "paper":
+    assert (cfg.model.size, cfg.model.patch_size, side) == ("B", 16, 224)
+    opt = cfg.pretrain.optimizer
+    assert (opt.b1, opt.b2, opt.weight_decay) == (0.9, 0.95, 0.05)
+    assert opt.lr == pytest.approx(1.5e-4 * cfg.pretrain.batch_size / 256)
+    assert cfg.data.name == "fas_json"
