@@ -8,8 +8,6 @@ final norm and its last k blocks (0 = a linear probe).
 
 from __future__ import annotations
 
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -106,11 +104,3 @@ def make_score(model: nn.Module):
     return logits_BxK[:, 1] - logits_BxK[:, 0]
 
   return score
-
-
-def param_path_names(params) -> list[str]:
-  """'a/b/c' names of the leaves (for messages and tests)."""
-  names = []
-  for path, _ in jax.tree_util.tree_leaves_with_path(params):
-    names.append("/".join(re.sub(r"[\[\]'.]", "", str(k)) for k in path))
-  return names

@@ -35,6 +35,7 @@ from mcae.protocols import Protocol, leave_one_out, select
 from shared import app, train_lib
 from shared import data as data_lib
 from shared.errors import ConfigError
+from shared.metrics import fas_metrics
 from shared.models.vit import init_classifier_from_mae
 
 
@@ -323,7 +324,7 @@ class _Selection:
       self.ctx.config.eval_batch_size,
       self.ctx.data_sharding,
     )
-    val = evaluate.fas_metrics(scores, self.source_val["label"])
+    val = fas_metrics(scores, self.source_val["label"])
     if self.best is None or val["eer"] <= self.best["val_eer"]:
       self.best = {"step": int(step), "val_eer": val["eer"], "val_auc": val["auc"]}
       if jax.process_index() == 0:
@@ -450,7 +451,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = time.time()
   for spec in config.methods:  # fail on a bad method or override before any training
     method_config(config, spec)
-    base, _ = parse_method(spec)
   if not config.seeds:
     raise ConfigError("config.seeds is empty")
   info, splits = _load_splits(config)
