@@ -70,16 +70,18 @@ def get_config(arg=None):
       weights="",  # a diffusers UNet2DModel state dict (.pth/.bin/.npz/.safetensors); wins
     )
   )
+  # Teacher pre-training (only when no teacher is supplied). paper = DDPM's CIFAR-10 recipe
+  # (800K steps, lr 2e-4, warmup 5000, clip 1, EMA 0.9999); default = the mnist5k teacher.
   cfg.pretrain = ml_collections.ConfigDict(
     dict(
-      steps=60 if tiny else 30_000,
+      steps=60 if tiny else 800_000 if paper else 20_000,
       batch_size=32 if tiny else 128,
       optimizer=config_utils.optimizer_config(
-        lr=2e-3 if tiny else 2e-4,
-        warmup_steps=0 if tiny else 1000,
+        lr=2e-3 if tiny else 2e-4 if paper else 5e-4,
+        warmup_steps=0 if tiny else 5000 if paper else 500,
         schedule="constant",
         grad_clip=1.0,
-        ema_decay=0.0 if tiny else 0.9995,
+        ema_decay=0.0 if tiny else 0.9999 if paper else 0.9995,
       ),
     )
   )

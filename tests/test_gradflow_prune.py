@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradflow_prune import criteria, diffusion, prune, surgery, torch_import, train
+from gradflow_prune import criteria, diffusion, evaluate, prune, surgery, torch_import, train
 from shared.errors import CheckpointError, DataError
 from shared.models import unet
 
@@ -319,3 +319,30 @@ def test_tiny_end_to_end_via_the_cli(tmp_path):
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((tmp_path / "results.json").read_text())["metrics"]["rows"] == rows
+
+
+@pytest.mark.parametrize("variant", [None, "tiny", "compare", "paper"])
+def test_configs_are_consistent(variant):
+  from configs import gradflow_prune as cfg_file
+
+  config = cfg_file.get_config(variant)
+  runs = train._runs(config)
+  assert {c for c, _ in runs} >= set(config.prune.criteria) and runs
+  for _, procedure in runs:
+    if procedure != "oneshot":
+      fc = train._flow_config(config, procedure)  # raises when the budget is exceeded
+      assert fc.iterations * fc.n_train <= config.prune.total_steps
+  assert config.eval.num_samples % config.eval.batch_size == 0
+  shape = {"tiny": (8, 8, 1), "paper": (32, 32, 3)}.get(variant, (32, 32, 1))
+  model_config = train._model_config(config, shape)
+  if variant == "paper":  # its MACs are checked in test_surgery (Diff-Pruning's 6.1G -> 3.4G)
+    assert unet.num_params(unet.abstract_params(unet.from_config_dict(model_config))) == 35_746_307
+    return
+  groups = surgery.channel_groups(model_config)
+  macs = evaluate.unet_macs(model_config)
+  for keep in config.prune.keep_ratios:
+    masks = surgery.masks_from_scores(groups, {g.name: np.zeros(g.size) for g in groups}, keep)
+    small = {**model_config, "widths": {k: int(v.sum()) for k, v in masks.items()}}
+    ratio = evaluate.unet_macs(small) / macs
+    if keep == 0.7:
+      assert 0.45 < ratio < 0.6, ratio  # "~50% MACs" (Diff-Pruning's ratio 0.3: 3.4G / 6.1G)

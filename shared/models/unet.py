@@ -457,7 +457,6 @@ class UNet(nn.Module):
         )(h)
         h = _mask(h, m(op.output))
       elif op.kind == "up":
-        b, hh, ww, c = h.shape
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest x2 (cheap gradient)
         h = nn.Conv(
           w(op.output), (3, 3), padding=1, kernel_init=_default_init(), name=op.name, **kw
