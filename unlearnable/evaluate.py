@@ -4,8 +4,11 @@ Victims (config `victims`, columns of the results table):
   supervised        the surrogate's architecture, cross-entropy, crop + flip of x + delta
   supervised_other  the same recipe on another architecture (`config.other_arch`)
   simclr            SimCLR on x + delta, then a linear probe (fitted on `simclr_victim.probe`)
+  simclr_clean_probe  the same encoder, probe fitted on the clean training images (a derived
+                    column: it tells whether the encoder or the probe latched onto delta)
   grayscale         supervised on grayscale(x + delta) (test images greyed the same way)
   jpeg              supervised on JPEG-compressed x + delta (quality `defences.jpeg_quality`)
+  jpeg_mild         the same at `defences.jpeg_mild_quality`
   adversarial       supervised with PGD adversarial training of radius `defences.adv_eps`
   mixup             supervised with mixup (alpha `defences.mixup_alpha`)
   cutout            supervised with cutout (`defences.cutout_size` pixels)
@@ -28,13 +31,19 @@ VICTIMS = {
   "supervised": "supervised, surrogate architecture",
   "supervised_other": "supervised, other architecture",
   "simclr": "SimCLR + linear probe",
+  "simclr_clean_probe": "SimCLR, probe on clean data",
   "grayscale": "grayscale",
-  "jpeg": "JPEG",
+  "jpeg": "JPEG-10",
+  "jpeg_mild": "JPEG (mild)",
   "adversarial": "adversarial training",
   "mixup": "mixup",
   "cutout": "cutout",
   "datawise": "data-wise transfer",
 }
+
+
+# Columns computed inside another victim's run: name -> (victim, the cell's keys to read).
+DERIVED = {"simclr_clean_probe": ("simclr", "final_alt", "peak_alt")}
 
 
 def victim_key(seed_key, victim: str):
@@ -79,8 +88,9 @@ def run_victim(
       {'image', 'label'} clean.
     delta: the perturbations of sets['train'] (same order).
   """
-  if victim not in VICTIMS:
-    raise ConfigError(f"unknown victim {victim!r}; known: {', '.join(VICTIMS)}")
+  if victim not in VICTIMS or victim in DERIVED:
+    known = ", ".join(v for v in VICTIMS if v not in DERIVED)
+    raise ConfigError(f"unknown victim {victim!r}; known: {known}")
   train, test = sets["train"], sets["test"]
   protected = np.clip(train["image"] + delta, 0.0, 1.0)
   key = victim_key(seed_key, victim)
@@ -101,6 +111,7 @@ def run_victim(
       num_classes,
       key,
       probe={"image": probe_images, "label": train["label"]},
+      alt_probe=train,
       **kw,
     )
   recipe = supervised_recipe(config, victim)
@@ -113,6 +124,8 @@ def run_victim(
       test_images = countermeasures.grayscale(test["image"])
   elif victim == "jpeg":
     train_images = countermeasures.jpeg(protected, config.defences.jpeg_quality)
+  elif victim == "jpeg_mild":
+    train_images = countermeasures.jpeg(protected, config.defences.jpeg_mild_quality)
   elif victim == "datawise":
     src_key = perturb.method_key(seed_key, f"transfer/{method}")
     rng = np.random.default_rng(

@@ -5,7 +5,9 @@ distribution-level variant, sharing one loop.
       train the surrogate for `train_steps` batches on x + delta          (outer min over theta)
       sweep the whole set in batches: `pgd_steps` signed steps on delta   (inner min over delta)
           delta <- Proj(delta - step_size * sign(grad_delta L))
-      EM only: stop once the surrogate's accuracy on x + delta >= stop_accuracy
+      EM only: stop once the surrogate's accuracy on x + delta >= stop_accuracy (and at least
+      `min_rounds` rounds ran: on a few thousand images the criterion is met after 1-2 sweeps,
+      before the noise is strong enough to dominate a victim trained from scratch)
     Proj: clip to [-eps, eps], then so that x + delta stays in [0, 1].
 
 The perturbation objective L per kind:
@@ -123,7 +125,10 @@ class Program:
     if self.kind == "em":
       logits, _ = nets.apply_train(self.model, params, model_state, xp)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, _ = simclr_loss(self.model, params, model_state, xp, key, cfg.aug, cfg.temperature)
+    loss = 0.0
+    if cfg.ssl_weight:  # 0 in the released SimCLR command (demo.sh): then only CSD moves delta.
+      ssl, _ = simclr_loss(self.model, params, model_state, xp, key, cfg.aug, cfg.temperature)
+      loss = cfg.ssl_weight * ssl
     if cfg.csd_weight:
       loss = loss + cfg.csd_weight * csd.csd(delta_b, y, self.num_classes)
     if self.kind == "dist":
@@ -237,7 +242,12 @@ class Search:
         start_round = step
         history.append(float(restored["acc"]))
         logging.info("%s search: resumed after round %d", self.kind, step)
-    stopped = bool(history) and self.kind == "em" and history[-1] >= cfg.stop_accuracy
+    stopped = (
+      bool(history)
+      and self.kind == "em"
+      and history[-1] >= cfg.stop_accuracy
+      and start_round >= cfg.min_rounds
+    )
     t0 = time.time()
     r, loss = start_round, jnp.nan
     while r < cfg.max_rounds and not stopped:
@@ -267,7 +277,7 @@ class Search:
       r += 1
       acc = self.accuracy() if self.kind == "em" else float("nan")
       history.append(acc)
-      stopped = self.kind == "em" and acc >= cfg.stop_accuracy
+      stopped = self.kind == "em" and acc >= cfg.stop_accuracy and r >= cfg.min_rounds
       logging.info(
         "%s search round %d/%d: surrogate loss %.4f, accuracy on x+delta %.4f (%.1fs)",
         self.kind, r, cfg.max_rounds, float(loss), acc, time.time() - t0,

@@ -49,9 +49,10 @@ def _check(config):
   unknown = [m for m in config.methods if m not in perturb.METHODS]
   if unknown:
     raise ConfigError(f"unknown methods {unknown}; known: {', '.join(perturb.METHODS)}")
-  unknown = [v for v in config.victims if v not in evaluate.VICTIMS]
+  trained = [v for v in evaluate.VICTIMS if v not in evaluate.DERIVED]
+  unknown = [v for v in config.victims if v not in trained]
   if unknown:
-    raise ConfigError(f"unknown victims {unknown}; known: {', '.join(evaluate.VICTIMS)}")
+    raise ConfigError(f"unknown victims {unknown}; known: {', '.join(trained)}")
   if not config.seeds:
     raise ConfigError("config.seeds is empty; give at least one seed, e.g. --config.seeds='(0,)'")
   if not 0 < config.eps <= 1:
@@ -146,7 +147,20 @@ def run_seed(config, seed: int, sets: dict, num_classes: int, sdir: str) -> tupl
       cell = evaluate.run_victim(config, victim, method, sets, delta, seed_key, num_classes, cdir)
       _write_json(path, cell)
       cells[method][victim] = cell
+    for name, (source, final, peak) in evaluate.DERIVED.items():
+      if final in cells[method].get(source, {}):
+        cell = cells[method][source]
+        cells[method][name] = {"final": cell[final], "peak": cell[peak]}
   return cells, infos
+
+
+def columns(config) -> list[str]:
+  """The table's columns: the victims, each followed by the columns derived from its run."""
+  out = []
+  for v in config.victims:
+    out.append(v)
+    out += [name for name, (source, *_) in evaluate.DERIVED.items() if source == v]
+  return out
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -173,7 +187,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config, seed, sets, num_classes, os.path.join(workdir, f"seed_{seed}")
     )
     logging.info("seed %d done in %.1fs", seed, time.time() - ts)
-  methods, victims = list(config.methods), list(config.victims)
+  methods, victims = list(config.methods), columns(config)
   final = report.summarise(per_seed, methods, victims, "final")
   peak = report.summarise(per_seed, methods, victims, "peak")
   wall = time.time() - t0

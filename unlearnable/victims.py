@@ -151,6 +151,7 @@ def train_victim(
   key: jax.Array,
   *,
   probe: dict | None = None,
+  alt_probe: dict | None = None,
   workdir: str | None = None,
   stage: str = "victim",
   run_cfg=None,
@@ -165,6 +166,7 @@ def train_victim(
     train: {'image': x + delta (after any pre-processing defence), 'label'}.
     test: {'image', 'label'}: the clean test set (same pre-processing as the defence applies).
     probe: simclr only: {'image', 'label'} the linear probe is fitted on.
+    alt_probe: simclr only: a second probe set, scored alongside ('final_alt', 'peak_alt').
     workdir: checkpoints (when run_cfg.checkpoint_victims) and metrics.jsonl go here.
 
   Returns:
@@ -187,6 +189,7 @@ def train_victim(
   )
   state = prog.create(key)
   curve: list[tuple[int, float]] = []
+  alt_curve: list[tuple[int, float]] = []
   eval_batch = max(jax.device_count(), min(512, len(test["label"])))
   eval_batch -= eval_batch % jax.device_count()
 
@@ -197,8 +200,12 @@ def train_victim(
       feats = _outputs(prog, st, probe["image"], eval_batch)
       test_feats = _outputs(prog, st, test["image"], eval_batch)
       acc = linear_probe(feats, probe["label"], test_feats, test["label"], recipe.probe_c)
+      if alt_probe is not None:
+        alt_feats = _outputs(prog, st, alt_probe["image"], eval_batch)
+        alt = linear_probe(alt_feats, alt_probe["label"], test_feats, test["label"], recipe.probe_c)
+        alt_curve.append((int(step), alt))
     curve.append((int(step), acc))
-    return {"test_accuracy": acc}
+    return {"test_accuracy": acc, **({"test_accuracy_alt": alt_curve[-1][1]} if alt_curve else {})}
 
   arrays = {"image": train["image"].astype(np.float32), "label": train["label"].astype(np.int32)}
   if kind == "simclr":
@@ -239,6 +246,9 @@ def train_victim(
     "curve": curve,
     "train_s": round(time.time() - t0, 2),
   }
+  if alt_curve:
+    alt_earlier = [r["test_accuracy_alt"] for r in previous if "test_accuracy_alt" in r]
+    out.update(final_alt=alt_curve[-1][1], peak_alt=max(alt_earlier + [a for _, a in alt_curve]))
   logging.info(
     "%s: final %.4f, peak %.4f (%.1fs)", stage, out["final"], out["peak"], out["train_s"]
   )
