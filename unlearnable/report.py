@@ -35,3 +35,58 @@ def table_markdown(summary, methods, victim_names, percent: bool = True) -> str:
         cells.append("—")
     rows.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(rows)
+
+
+def _generation_rows(generation: dict, methods) -> str:
+  """Per method, mean over seeds of what the perturbations look like on their own."""
+  keys = [
+    ("mean_abs_x255", "mean abs(delta) x255", "{:.2f}"),
+    ("csd", "CSD of delta", "{:.3g}"),
+    ("delta_linear_accuracy", "linear probe on delta alone", "{:.3f}"),
+    ("rounds", "search rounds", "{:.1f}"),
+    ("generate_s", "generation time (s)", "{:.0f}"),
+  ]
+  head = "| protection | " + " | ".join(label for _, label, _ in keys) + " |"
+  rows = [head, "|---|" + "---:|" * len(keys)]
+  for m in methods:
+    cells = []
+    for key, _, fmt in keys:
+      vals = [g[m][key] for g in generation.values() if m in g and key in g[m]]
+      vals = [v for v in vals if v is not None and np.isfinite(v)]
+      cells.append(fmt.format(np.mean(vals)) if vals else "—")
+    rows.append(f"| {m} | " + " | ".join(cells) + " |")
+  return "\n".join(rows)
+
+
+def results_section(workdir: str) -> str:
+  """The markdown of a finished run: command, device, wall time, both tables, diagnostics."""
+  import json
+  import os
+
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  with open(os.path.join(workdir, "table.md")) as f:
+    table = f.read().strip()
+  cfg, dev, m = res["config"], res["devices"], res["metrics"]
+  variant = "" if cfg["variant"] == "default" else f":{cfg['variant']}"
+  lines = [
+    f"Command: `python -m unlearnable --config configs/unlearnable.py{variant} "
+    f"--workdir {workdir}` (code at git {res['versions'].get('git', '?')}).",
+    f"Device: {dev['count']} x {dev['kind']} ({dev['platform']}); wall time "
+    f"{res['wall_time_s'] / 60:.1f} min for {len(cfg['seeds'])} seeds.",
+    f"Data check: pixels within eps of 0 or 1: "
+    f"{m['data_check']['pixels_within_eps_of_0_or_1']:.3f} (eps = {cfg['eps']:.4f}).",
+    "",
+    table,
+    "",
+    "The perturbations on their own (mean over seeds):",
+    "",
+    _generation_rows(m["generation"], cfg["methods"]),
+  ]
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  import sys
+
+  print(results_section(sys.argv[1] if len(sys.argv) > 1 else "runs/unlearnable"))
