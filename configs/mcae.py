@@ -104,8 +104,8 @@ def get_config(arg=None):
   )
 
   # Pre-training: L = mae_weight * MAE + supcon_weight * SupCon (lambda = supcon_weight).
-  pre_steps = {"tiny": 4, "compare": 3000, "paper": 40_000}.get(v, 200)
-  pre_batch = {"tiny": 16, "compare": 256, "paper": 256}.get(v, 32)
+  pre_steps = {"tiny": 4, "compare": 1500, "paper": 40_000}.get(v, 200)
+  pre_batch = {"tiny": 16, "compare": 128, "paper": 256}.get(v, 32)
   cfg.pretrain = ml_collections.ConfigDict(
     dict(
       num_steps=pre_steps,
@@ -135,7 +135,7 @@ def get_config(arg=None):
   )
 
   # Fine-tuning of the pre-trained encoders with a live/spoof head.
-  ft_steps = {"tiny": 4, "compare": 1500, "paper": 10_000}.get(v, 100)
+  ft_steps = {"tiny": 4, "compare": 500, "paper": 10_000}.get(v, 100)
   ft_batch = {"tiny": 16, "compare": 128, "paper": 128}.get(v, 32)
   cfg.finetune = ml_collections.ConfigDict(
     dict(
@@ -145,7 +145,7 @@ def get_config(arg=None):
       flip=True,
       pad=0 if v == "paper" else 2,
       label_smoothing=0.0,
-      select_every={"tiny": 2, "compare": 250, "paper": 1000}.get(v, 50),  # 0 = keep the last
+      select_every={"tiny": 2, "compare": 100, "paper": 1000}.get(v, 50),  # 0 = keep the last
       optimizer=config_utils.optimizer_config(
         name="adamw",
         lr=5e-4 * ft_batch / 256 if v == "paper" else 5e-4,
