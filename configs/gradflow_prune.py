@@ -12,7 +12,7 @@
 Variants:
   tiny     seconds: an 8x8 U-Net on `digits`, its teacher pre-trained in the run, a few steps.
   default  the shipped mnist5k 32x32 teacher (627K params), every criterion x procedure pruned
-           to ~50% MACs with the same 80 training steps each (2 CPU cores).
+           to ~50% MACs with the same 60 training steps each (2 CPU cores).
   compare  the same on a GPU, + the iterative ablations (lam0, gamma0, k1): 3 seeds, keep 0.7
            and 0.5, 2,000 training steps, 2,048 samples with DDIM-50 for FD.
   paper    CIFAR-10 (TFDS) from a supplied google/ddpm-cifar10-32 state dict, Diff-Pruning's ratios
@@ -97,7 +97,7 @@ def get_config(arg=None):
       # Fractions of channels kept, one set of runs each: Diff-Pruning's ratios 0.3 / 0.5 are
       # keep 0.7 / 0.5, rounded per GroupNorm unit (surgery.py).
       keep_ratios=(0.7, 0.5) if (paper or compare) else (0.7,),
-      total_steps=30 if tiny else 2000 if compare else 100_000 if paper else 80,
+      total_steps=30 if tiny else 2000 if compare else 100_000 if paper else 60,
       batch_size=16 if tiny else 128 if (compare or paper) else 32,
       optimizer=config_utils.optimizer_config(
         lr=1e-3 if tiny else 2e-4 if paper else 5e-4,
@@ -111,8 +111,8 @@ def get_config(arg=None):
       taylor_stride=1 if paper else 100 if tiny else 20,  # t = 0, stride, 2 stride, ...
       grasp_batches=1,
       # The iterative flow (prune.FlowConfig).
-      iterations=2 if tiny else 10 if paper else 4,
-      n_flow=2 if tiny else 5,
+      iterations=2 if tiny else 10 if paper else 4 if compare else 3,
+      n_flow=2 if tiny else 5 if (paper or compare) else 4,
       eta=0.05,
       lam=1.0,
       gamma=0.5,
