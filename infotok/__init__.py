@@ -1,0 +1,1 @@
+"""InfoTok: an information-bottleneck-regularised shared visual tokenizer for unified models."""

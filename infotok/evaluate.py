@@ -1,0 +1,240 @@
+"""Evaluation of tokenizers and unified models: understanding, generation, reconstruction, rate.
+
+  understanding   greedy captions and VQA answers of a unified model from an image's codes:
+                  caption exact match, per-attribute caption accuracy (objects parsed back with
+                  `shared.data.shapes.parse_caption`, compared in reading order), VQA exact match
+                  (overall and per question type).
+  generation      codes sampled from a caption, decoded by the frozen tokenizer, parsed by the
+                  judge: per-attribute accuracy of the described objects, spurious-object rate,
+                  all-correct rate; FD between judge features of generated and real images.
+  reconstruction  PSNR against the nuisance-laden input `image` and the `clean` render, FD, the
+                  judge's accuracy on reconstructions (the task relevance kept by the tokens),
+                  code usage and rate.
+Plots: the information plane (rate vs relevance) of a beta sweep; sample grids.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from infotok import judge as judge_lib
+from infotok import quantizers as qz
+from infotok import text as text_lib
+from shared import metrics as metrics_lib
+from shared.data import shapes
+
+ATTRS = ("shape", "colour", "size", "position")
+
+
+def objects_of(arrays, i: int, grid: int) -> list[tuple[str, str, str, str]]:
+  """Ground-truth objects of scene i as (shape, colour, size, position) names, reading order."""
+  out = []
+  for k in range(arrays["shape"].shape[1]):
+    s = int(arrays["shape"][i, k])
+    if s < 0:
+      continue
+    out.append(
+      (
+        shapes.txt.SHAPES[s],
+        shapes.txt.COLOURS[int(arrays["colour"][i, k])],
+        shapes.txt.SIZES[int(arrays["size"][i, k])],
+        shapes.txt.POSITIONS[grid][int(arrays["pos"][i, k])],
+      )
+    )
+  return out
+
+
+def caption_scores(predicted: list[str], arrays, grid: int) -> dict[str, float]:
+  """Parse rate, object-count accuracy and per-attribute accuracy of generated captions.
+
+  Attribute accuracy: over all ground-truth objects, the fraction whose attribute equals that of
+  the generated object at the same index (a missing or unparsable object counts as wrong).
+  """
+  parsed, hits = 0, dict.fromkeys(ATTRS, 0)
+  count_ok, n_obj = 0, 0
+  for i, text in enumerate(predicted):
+    truth = objects_of(arrays, i, grid)
+    got = shapes.parse_caption(text, grid)
+    if got is not None:
+      parsed += 1
+      count_ok += len(got) == len(truth)
+    for j, obj in enumerate(truth):
+      n_obj += 1
+      if got is not None and j < len(got):
+        for a, x, y in zip(ATTRS, obj, got[j], strict=True):
+          hits[a] += x == y
+  n = max(len(predicted), 1)
+  out = {f"caption_{a}": hits[a] / max(n_obj, 1) for a in ATTRS}
+  out["caption_attribute_mean"] = float(np.mean([out[f"caption_{a}"] for a in ATTRS]))
+  out["caption_parsed"] = parsed / n
+  out["caption_count"] = count_ok / n
+  return out
+
+
+def understanding(trainer, params, tokens, arrays, text_tok, grid: int, n: int) -> dict:
+  """Captioning and VQA on the first n examples of a split (codes from the frozen tokenizer)."""
+  tokens = tokens[:n]
+  sub = {k: v[:n] for k, v in arrays.items()}
+  captions = text_lib.decode(text_tok, trainer.caption(params, tokens))
+  reference = text_lib.decode(text_tok, sub["caption_ids"])
+  out = caption_scores(captions, sub, grid)
+  out["caption_exact"] = float(np.mean([a == b for a, b in zip(captions, reference, strict=True)]))
+  answers = text_lib.decode(text_tok, trainer.answer(params, tokens, sub["question_ids"]))
+  truth = text_lib.decode(text_tok, sub["answer_ids"])
+  correct = np.asarray([a == b for a, b in zip(answers, truth, strict=True)])
+  out["vqa_accuracy"] = float(correct.mean())
+  if "question_type" in sub:
+    for t, name in enumerate(shapes.txt.QUESTION_TYPES):
+      sel = sub["question_type"] == t
+      if sel.any():
+        out[f"vqa_{name}"] = float(correct[sel].mean())
+  out["samples"] = [
+    {"caption": c, "reference": r, "answer": a, "truth": t}
+    for c, r, a, t in list(zip(captions, reference, answers, truth, strict=True))[:4]
+  ]
+  return out
+
+
+def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: int, grid: int):
+  """Images generated from the first n captions of a split, judged per attribute.
+
+  Returns (metrics, generated images [n, H, W, 3]).
+  """
+  captions = arrays["caption_ids"][:n]
+  codes = trainer.generate_images(params, captions, key)
+  images = tok_trainer.decode(tok_params, codes)
+  targets = judge_lib.cell_targets({k: v[:n] for k, v in arrays.items()}, grid**2)
+  scores = judge.score(images, targets)
+  out = {f"gen_{k}": v for k, v in scores.items()}
+  out["gen_fd"] = feature_fd(judge, images, arrays["clean"][:n])
+  out["gen_code_entropy"] = qz.code_usage(codes, tok_trainer.num_codes)["code_entropy"]
+  return out, images
+
+
+def feature_fd(judge, images_a, images_b) -> float:
+  """Frechet distance between Gaussians fitted to the judge's per-cell probability features."""
+  a = metrics_lib.FeatureStats().update(judge.features(images_a))
+  b = metrics_lib.FeatureStats().update(judge.features(images_b))
+  return a.frechet_distance(b)
+
+
+def per_position_rate(indices_NxT: np.ndarray, num_codes: int) -> float:
+  """sum_t H(code_t), nats/image: an upper bound on H(Z) = I(X; Z) for a deterministic encoder."""
+  return float(
+    sum(
+      qz.code_usage(indices_NxT[:, t], num_codes)["code_entropy"]
+      for t in range(indices_NxT.shape[1])
+    )
+  )
+
+
+def reconstruction(tok_trainer, params, arrays, judge, grid: int, n: int) -> dict:
+  """Reconstruction quality, task relevance and rate of a tokenizer on the first n examples."""
+  images, clean = arrays["image"][:n], arrays["clean"][:n]
+  recon = tok_trainer.reconstruct(params, images)
+  out = {
+    "psnr_image": float(jnp.mean(metrics_lib.psnr(jnp.asarray(recon), jnp.asarray(images)))),
+    "psnr_clean": float(jnp.mean(metrics_lib.psnr(jnp.asarray(recon), jnp.asarray(clean)))),
+    "recon_fd": feature_fd(judge, recon, clean),
+  }
+  targets = judge_lib.cell_targets({k: v[:n] for k, v in arrays.items()}, grid**2)
+  judged = judge.score(recon, targets)
+  out["relevance"] = judged["attribute_mean"]
+  out["recon_all_correct"] = judged["all_correct"]
+  out["recon_shape"] = judged["shape"]
+  mu, logvar = tok_trainer.posterior(params, images)
+  from infotok import regularizers as reg
+
+  out["kl_nats"] = float(np.mean(np.asarray(reg.vib_rate(jnp.asarray(mu), jnp.asarray(logvar)))))
+  if tok_trainer.num_codes:
+    idx = tok_trainer.tokens(params, images)
+    out.update(qz.code_usage(idx, tok_trainer.num_codes))
+    out["rate_nats"] = per_position_rate(idx, tok_trainer.num_codes)
+  return out, recon
+
+
+# ------------------------------------------------------------------------------------------------
+# Selection on validation
+
+
+def select_largest_within(points: list[dict], key: str, reference: float, tolerance: float) -> int:
+  """Index of the point with the largest `key` (a beta) whose validation relevance is at least
+  reference - tolerance; the most relevant point when none qualifies.
+
+  The IB reading: compress as much as possible while keeping the task-relevant information.
+  """
+  ok = [i for i, p in enumerate(points) if p["relevance"] >= reference - tolerance]
+  if not ok:
+    return int(np.argmax([p["relevance"] for p in points]))
+  return max(ok, key=lambda i: points[i][key])
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _plt():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def information_plane(sweeps: dict[str, list[dict]], baselines: dict[str, dict], path: str) -> str:
+  """Rate (sum of per-position code entropies, nats/image) vs relevance (judge accuracy on
+  reconstructions), one line per swept regulariser, baselines as markers."""
+  plt = _plt()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for name, points in sweeps.items():
+    pts = sorted(points, key=lambda p: p["beta"])
+    for ax, x in zip(axes, ("rate_nats", "kl_nats"), strict=True):
+      xs = [p[x] for p in pts]
+      ys = [p["relevance"] for p in pts]
+      ax.plot(xs, ys, "o-", label=name)
+      for p, xv, yv in zip(pts, xs, ys, strict=True):
+        ax.annotate(
+          f"{p['beta']:.0e}", (xv, yv), fontsize=7, textcoords="offset points", xytext=(3, 3)
+        )
+  for name, p in baselines.items():
+    for ax, x in zip(axes, ("rate_nats", "kl_nats"), strict=True):
+      ax.plot([p[x]], [p["relevance"]], "s", label=name)
+  axes[0].set_xlabel("rate: sum_t H(code_t) [nats / image]")
+  axes[1].set_xlabel("KL(q(z|x) || N(0, I)) [nats / image]")
+  for ax in axes:
+    ax.set_ylabel("relevance: judge accuracy on reconstructions (val)")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.suptitle("Information plane over the beta sweep (validation split)")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def sample_grid(rows: dict[str, np.ndarray], path: str, titles: list[str] | None = None) -> str:
+  """A grid of images: one row per entry of `rows` (name -> [k, H, W, 3])."""
+  plt = _plt()
+  names = list(rows)
+  k = max(len(v) for v in rows.values())
+  fig, axes = plt.subplots(len(names), k, figsize=(1.3 * k, 1.4 * len(names)), squeeze=False)
+  for r, name in enumerate(names):
+    for c in range(k):
+      ax = axes[r, c]
+      ax.axis("off")
+      if c < len(rows[name]):
+        ax.imshow(np.clip(rows[name][c], 0, 1), interpolation="nearest")
+      if c == 0:
+        ax.set_title(name, fontsize=7, loc="left")
+  if titles:
+    fig.text(0.01, 0.005, " | ".join(titles)[:400], fontsize=5)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
