@@ -108,6 +108,8 @@ def fsq_num_codes(levels: Sequence[int]) -> int:
 class FSQ(nn.Module):
   """Finite scalar quantization (Mentzer et al. 2023); no parameters, no auxiliary loss.
 
+  aux holds 'distances' [B, N, K] to the K implicit codes (for `entropy_loss`).
+
   Channel i is squashed to (L_i - 1) / 2 * tanh(.) (shifted for even L_i so that the levels are
   integers after rounding), rounded straight-through and rescaled to [-1, 1]. Indices are
   sum_i digit_i * prod_{j < i} L_j with digit_i in [0, L_i).
@@ -142,7 +144,11 @@ class FSQ(nn.Module):
     _, _, _, half_width, _ = self._consts()
     bounded = self.bound(z_BxNxD)
     zq = straight_through(bounded, jnp.round(bounded)) / half_width
-    return zq, self.codes_to_indices(zq), {}
+    # Distances of the (unrounded) latents to every implicit code, for the entropy-loss baseline.
+    b, n, d = z_BxNxD.shape
+    all_codes_KxD = self.decode(jnp.arange(self.num_codes))
+    dist = squared_distances((bounded / half_width).reshape(b * n, d), all_codes_KxD)
+    return zq, self.codes_to_indices(zq), {"distances": dist.reshape(b, n, self.num_codes)}
 
   def codes_to_indices(self, zq_BxNxD: jax.Array) -> jax.Array:
     _, _, _, half_width, basis = self._consts()
