@@ -312,3 +312,22 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   again = _cli(*args, workdir=tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((tmp_path / "results.json").read_text())["metrics"]["final"] == metrics["final"]
+
+
+@pytest.mark.parametrize(
+  "arg", ["tiny", None, "compare", "paper", "paper,dataset=cifar100", "paper,dataset=svhn"]
+)
+def test_every_variant_is_a_valid_run_config(arg):
+  from unlearnable import evaluate, perturb
+  from unlearnable.train import _check
+
+  cfg = get_config(arg)
+  _check(cfg)
+  for name in (cfg.surrogate, cfg.other_arch, *cfg.dist.feature_nets):
+    evaluate.model_spec(cfg, name)
+  for method in cfg.methods:
+    if perturb.METHODS[method][0] == "surrogate":
+      perturb.minmin_settings(cfg, method)
+  assert len(cfg.seeds) == (1 if arg == "tiny" else 3)
+  assert cfg.eps == pytest.approx(8 / 255)
+  assert {"clean", "random", "em", "tue", "dist"} <= set(cfg.methods)

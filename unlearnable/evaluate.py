@@ -7,7 +7,8 @@ Victims (config `victims`, columns of the results table):
   simclr_clean_probe  the same encoder, probe fitted on the clean training images (a derived
                     column: it tells whether the encoder or the probe latched onto delta)
   grayscale         supervised on grayscale(x + delta) (test images greyed the same way)
-  jpeg              supervised on JPEG-compressed x + delta (quality `defences.jpeg_quality`)
+  jpeg              supervised on JPEG-compressed x + delta (quality `defences.jpeg_quality`;
+                    test images compressed too when `defences.jpeg_test`)
   jpeg_mild         the same at `defences.jpeg_mild_quality`
   adversarial       supervised with PGD adversarial training of radius `defences.adv_eps`
   mixup             supervised with mixup (alpha `defences.mixup_alpha`)
@@ -27,18 +28,18 @@ import numpy as np
 from shared.errors import ConfigError
 from unlearnable import countermeasures, perturb, transfer, victims
 
-VICTIMS = {
-  "supervised": "supervised, surrogate architecture",
-  "supervised_other": "supervised, other architecture",
-  "simclr": "SimCLR + linear probe",
-  "simclr_clean_probe": "SimCLR, probe on clean data",
+VICTIMS = {  # name -> column label
+  "supervised": "sup. (surrogate arch)",
+  "supervised_other": "sup. (other arch)",
+  "simclr": "SimCLR probe",
+  "simclr_clean_probe": "SimCLR, clean probe",
   "grayscale": "grayscale",
   "jpeg": "JPEG-10",
-  "jpeg_mild": "JPEG (mild)",
-  "adversarial": "adversarial training",
+  "jpeg_mild": "JPEG mild",
+  "adversarial": "adv. training",
   "mixup": "mixup",
   "cutout": "cutout",
-  "datawise": "data-wise transfer",
+  "datawise": "data-wise",
 }
 
 
@@ -122,10 +123,12 @@ def run_victim(
     train_images = countermeasures.grayscale(protected)
     if config.defences.grayscale_test:
       test_images = countermeasures.grayscale(test["image"])
-  elif victim == "jpeg":
-    train_images = countermeasures.jpeg(protected, config.defences.jpeg_quality)
-  elif victim == "jpeg_mild":
-    train_images = countermeasures.jpeg(protected, config.defences.jpeg_mild_quality)
+  elif victim in ("jpeg", "jpeg_mild"):
+    d = config.defences
+    quality = d.jpeg_quality if victim == "jpeg" else d.jpeg_mild_quality
+    train_images = countermeasures.jpeg(protected, quality)
+    if d.jpeg_test:
+      test_images = countermeasures.jpeg(test["image"], quality)
   elif victim == "datawise":
     src_key = perturb.method_key(seed_key, f"transfer/{method}")
     rng = np.random.default_rng(

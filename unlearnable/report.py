@@ -65,9 +65,25 @@ def results_section(workdir: str) -> str:
 
   with open(os.path.join(workdir, "results.json")) as f:
     res = json.load(f)
-  with open(os.path.join(workdir, "table.md")) as f:
-    table = f.read().strip()
   cfg, dev, m = res["config"], res["devices"], res["metrics"]
+  from unlearnable.evaluate import DERIVED
+
+  cols = []
+  for v in cfg["victims"]:
+    cols += [v] + [name for name, (source, *_) in DERIVED.items() if source == v]
+  k = m["num_classes"]
+  table = "\n".join(
+    [
+      f"Clean-test accuracy (%) at the end of training, mean ± std (ddof 0) over seeds "
+      f"{cfg['seeds']}; {k} classes, chance {100 / k:.1f}%:",
+      "",
+      table_markdown(m["final"], cfg["methods"], cols),
+      "",
+      "Peak clean-test accuracy over training (%), the early-stopping view:",
+      "",
+      table_markdown(m["peak"], cfg["methods"], cols),
+    ]
+  )
   variant = "" if cfg["variant"] == "default" else f":{cfg['variant']}"
   lines = [
     f"Command: `python -m unlearnable --config configs/unlearnable.py{variant} "
