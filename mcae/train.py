@@ -192,7 +192,9 @@ def _batches(arrays, batch_size, seed, fields):
   return lambda start: data_lib.batches(arrays, batch_size, seed=seed, start_step=start)
 
 
-def _train(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folder, name, hooks=()):
+def _train(
+  ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folder, name, hooks=(), every=0
+):
   cfg = ctx.config
   ckpt = train_lib.Checkpointer(
     os.path.join(folder, "checkpoints"), keep=1, every=cfg.run.checkpoint_every
@@ -211,7 +213,7 @@ def _train(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folde
       progress=cfg.run.progress,
       stage=name,
       hooks=tuple(hooks),
-      hook_every=cfg.finetune.select_every if hooks else 0,
+      hook_every=every,
     )
   finally:
     ckpt.close()
@@ -376,7 +378,7 @@ def run_one(ctx: Context, spec: str, seed: int, proto: Protocol, splits) -> dict
     state = state.replace(params=jax.device_put(params, stage.sharding.params))
   del pre_params  # the classifier holds its own copy now
   selection = None
-  if ctx.config.finetune.select_every > 0:
+  if mcfg.finetune.select_every > 0:
     selection = _Selection(ctx, stage, folder, source_val)
   state = _train(
     ctx,
@@ -390,6 +392,7 @@ def run_one(ctx: Context, spec: str, seed: int, proto: Protocol, splits) -> dict
     folder,
     f"{spec}[{proto.name}, seed {seed}]",
     hooks=(selection,) if selection else (),
+    every=mcfg.finetune.select_every,
   )
   params, model_state = selection.restore(state) if selection else (state.params, state.model_state)
   score = lambda arrays: evaluate.predict(
@@ -500,8 +503,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       metrics[f"{spec}/mean_{m}"] = r[f"{m}_mean"]
   for m in ("hter_eer", "hter_val"):
     metrics[f"lowest_mean_{m}"] = min(means, key=lambda s: means[s][f"{m}_mean"])
-  metrics["table"] = rows
-  metrics["runs"] = runs
+  # One row per (method, protocol or mean), labelled by "name" for shared.report; the per-seed
+  # sub-run results go to runs.json beside results.json.
+  metrics["table"] = [
+    {
+      "name": f"{r['method']} | {r['protocol']}",
+      "method": r["method"],
+      "held_out": r["protocol"],
+      **{k: v for k, v in r.items() if k not in ("method", "protocol")},
+    }
+    for r in rows
+  ]
+  if jax.process_index() == 0:
+    app.write_json(os.path.join(workdir, "runs.json"), {"runs": runs})
+  metrics["runs_file"] = "runs.json"
   metrics["protocols"] = names
   metrics["figures"] = figures
   metrics["train_and_evaluate_s"] = round(time.time() - start, 2)

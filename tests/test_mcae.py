@@ -304,13 +304,15 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   results = json.loads((tmp_path / "results.json").read_text())
   metrics = results["metrics"]
   methods = get_config("tiny").methods
-  assert len(metrics["runs"]) == len(methods)
+  runs = json.loads((tmp_path / metrics["runs_file"]).read_text())["runs"]
+  assert len(runs) == len(methods) and {r["method"] for r in runs} == set(methods)
   for m in methods:
     assert 0.0 <= metrics[f"{m}/mean_hter_eer"] <= 1.0
     assert 0.0 <= metrics[f"{m}/mean_auc"] <= 1.0
     assert (tmp_path / "seed_0" / "d1_d2_d3-to-d0" / m / "subrun.json").exists()
-  rows = {(r["method"], r["protocol"]) for r in metrics["table"]}
+  rows = {(r["method"], r["held_out"]) for r in metrics["table"]}
   assert rows == {(m, p) for m in methods for p in ("d1&d2&d3->d0", "mean")}
+  assert all(r["name"] == f"{r['method']} | {r['held_out']}" for r in metrics["table"])
   assert metrics["lowest_mean_hter_eer"] in methods
   assert (tmp_path / "roc_d1_d2_d3-to-d0.png").stat().st_size > 1000
   assert "HTER % at the threshold fixed on source val" in (tmp_path / "table.md").read_text()
@@ -319,7 +321,7 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   # Re-running the same command finds every sub-run done and reports the same numbers.
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert json.loads((tmp_path / "results.json").read_text())["metrics"]["runs"] == metrics["runs"]
+  assert json.loads((tmp_path / "results.json").read_text())["metrics"]["table"] == metrics["table"]
   # A bad method spec is one line and exit code 2 before anything trains.
   bad = subprocess.run(
     [*cmd[:-1], str(tmp_path / "bad"), "--config.methods=('mcae:pretrain.nope=1',)"],
