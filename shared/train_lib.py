@@ -133,7 +133,7 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
       init_value=0.0 if warmup else cfg.lr,
       peak_value=cfg.lr,
       warmup_steps=warmup,
-      decay_steps=total_steps,
+      decay_steps=max(total_steps, warmup + 1),  # optax needs a non-empty decay phase
       end_value=cfg.lr * cfg.end_lr_factor,
     )
   raise ConfigError(f"optimizer.schedule={cfg.schedule!r}; known: cosine, constant")

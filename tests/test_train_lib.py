@@ -119,6 +119,9 @@ def test_optimizer_schedule_clip_and_decay_mask():
   assert float(sched(0)) == 0.0 and float(sched(10)) == pytest.approx(1.0)
   assert float(sched(100)) == pytest.approx(0.0, abs=1e-6)
   assert float(sched(55)) == pytest.approx(0.5, abs=1e-6)
+  # Warmup as long as the run (tiny runs): still a valid, finite schedule that peaks at lr.
+  sched = train_lib.learning_rate_schedule(cfg, 10)
+  assert float(sched(10)) == pytest.approx(1.0) and np.isfinite(float(sched(5)))
   # Weight decay skips vectors (biases, norms) but decays matrices: with zero gradients and
   # lr=1, plain SGD's update is exactly -wd * w for matrices and 0 for vectors.
   cfg = config_utils.optimizer_config(
