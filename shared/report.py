@@ -28,7 +28,8 @@ REPORT_NAME = "REPORT.md"
 RESULTS_NAME = "results.json"
 MAX_METRIC_COLUMNS = 10  # wider tables are split so that they stay readable
 MAX_CONFIG_COLUMNS = 6
-_ROW_LABEL_KEYS = ("protocol", "name", "split", "domain", "target", "method", "label")
+# A row is labelled by every one of these it has, joined: "mcae | OCI->M".
+_ROW_LABEL_KEYS = ("method", "name", "label", "protocol", "target", "domain", "split")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,7 +149,8 @@ def _as_row_table(value: Any) -> list[tuple[str, dict[str, Any]]] | None:
   if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
     rows = []
     for i, item in enumerate(value):
-      label = next((str(item[k]) for k in _ROW_LABEL_KEYS if isinstance(item.get(k), str)), None)
+      parts = [str(item[k]) for k in _ROW_LABEL_KEYS if isinstance(item.get(k), str)]
+      label = " | ".join(parts) or None
       if label is None:
         label = next((v for v in item.values() if isinstance(v, str)), str(i))
       rows.append((label, _scalar_leaves(item)))

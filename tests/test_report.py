@@ -151,3 +151,18 @@ def test_format_number():
   assert report.format_number(1234567.0) == "1.235e+06"
   assert report.format_number(float("nan")) == "nan"
   assert report.format_number(0.0) == "0"
+
+
+def test_per_row_labels_join_method_and_protocol():
+  from shared.report import _ROW_LABEL_KEYS, split_metrics
+
+  assert _ROW_LABEL_KEYS[0] == "method"
+  _, groups = split_metrics(
+    {
+      "rows": [
+        {"method": "mcae", "protocol": "OCI->M", "hter": 0.1},
+        {"method": "mae", "protocol": "OCI->M", "hter": 0.2},
+      ]
+    }
+  )
+  assert [label for label, _ in groups["rows"]] == ["mcae | OCI->M", "mae | OCI->M"]
