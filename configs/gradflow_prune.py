@@ -108,7 +108,7 @@ def get_config(arg=None):
       # Scoring batch (fixed noise) for taylor / grasp, and the taylor timestep sweep.
       score_batch_size=16 if tiny else 128 if paper else 32,
       taylor_thr=0.05,
-      taylor_stride=1 if paper else 100 if tiny else 20,  # t = 0, stride, 2 stride, ...
+      taylor_stride=1 if paper else 100 if tiny else 40,  # t = 0, stride, 2 stride, ...
       grasp_batches=1,
       # The iterative flow (prune.FlowConfig).
       iterations=2 if tiny else 10 if paper else 4 if compare else 3,

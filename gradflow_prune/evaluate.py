@@ -13,14 +13,13 @@
   skip; Diff-Pruning reports 6.1G). XLA's CPU cost analysis is offered as a cross-check
   (`xla_flops`); on GPUs it under-counts library GEMMs, so it is not the primary number.
 - Latency: wall time of the jitted DDIM sampler of the physically pruned model (compiled first,
-  then the median of repeats), on whatever device runs it.
+  then the best of `repeats`), on whatever device runs it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -95,14 +94,16 @@ def xla_flops(model_config) -> float:
 
 
 def measure_latency(fn: Callable, *args, repeats: int = 3) -> float:
-  """Median wall seconds of `fn(*args)` after one warm-up (compilation) call."""
+  """Best (minimum) wall seconds of `fn(*args)` over `repeats`, after one warm-up (compilation)
+  call. The minimum, as `timeit` recommends: on a shared machine the other numbers measure the
+  neighbours."""
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(max(repeats, 1)):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return min(times)
 
 
 def ssim_to_teacher(samples01, teacher01) -> float:

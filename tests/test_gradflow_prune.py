@@ -311,6 +311,9 @@ def test_tiny_end_to_end_via_the_cli(tmp_path):
     assert r["params"] < teacher["params"] and 0.4 < r["macs"] / teacher["macs"] < 0.7
     assert r["interleaved_steps"] + r["finetune_steps"] == 30  # the same budget for every run
   assert len({(r["params"], r["macs"]) for r in rows}) == 1  # equal MACs across runs
+  claim = m["claim"]["keep0.7"]
+  assert claim["fd_iterative_grasp"] == m["summary"]["keep0.7/iterative/grasp"]["fd"]
+  assert claim["lower_fd"] == (claim["fd_iterative_grasp"] < claim["fd_oneshot_taylor"])
   for name in ("fd_vs_macs.png", "summary.md", "eval/samples_teacher.png", "teacher/params.npz"):
     assert (tmp_path / name).exists(), name
   pruned_cfg = json.loads((tmp_path / "runs/iterative/grasp/seed0/pruned_config.json").read_text())
