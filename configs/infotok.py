@@ -71,7 +71,8 @@ def get_config(arg=None):
   cfg.judge = ml_collections.ConfigDict(
     dict(
       inputs=("clean", "image"),  # real renders only, never reconstructions or generations
-      steps=pick(900, t=30),
+      num_scenes=pick(20_000, t=512),  # fresh renders over all combinations (0 = the train split)
+      steps=pick(700, t=30),
       batch_size=256,
       object_fraction=0.6,
       lr=2e-3,
@@ -117,7 +118,7 @@ def get_config(arg=None):
     )
   )
   cfg.hsic = ml_collections.ConfigDict(
-    dict(beta_x=pick((0.1, 1.0), t=(0.1,), c=(0.03, 0.1, 0.3, 1.0)), lambda_y=1.0)
+    dict(beta_x=pick((0.01, 0.03, 0.1), t=(0.1,), c=(0.003, 0.01, 0.03, 0.1)), lambda_y=1.0)
   )
   cfg.semantic = ml_collections.ConfigDict(dict(align_weight=3e-3))  # VILA-U/UniTok contrastive
   cfg.select = ml_collections.ConfigDict(dict(tolerance=0.02))  # of val relevance vs baseline
@@ -146,7 +147,7 @@ def get_config(arg=None):
   cfg.eval = ml_collections.ConfigDict(
     dict(
       num_examples=pick(500, t=64, c=1_000),  # per split (test, heldout) for unified models
-      num_recon=pick(1_000, t=128, c=2_000),  # per split for tokenizers
+      num_recon=pick(500, t=128, c=2_000),  # per split for tokenizers
       grid_samples=8,
     )
   )

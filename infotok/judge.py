@@ -212,13 +212,47 @@ def _unflatten(flat):
   return tree
 
 
+def render_scenes(
+  n: int,
+  *,
+  resolution: int,
+  grid: int,
+  min_objects: int,
+  max_objects: int,
+  nuisance: float,
+  seed: int,
+) -> dict[str, np.ndarray]:
+  """Fresh `shapes` scenes over *all* (shape, colour) pairs, rendered clean and with nuisance.
+
+  The judge is an instrument, not a model under test: it may see the combinations held out from
+  the models (otherwise its own compositional failures would be charged to the models). Drawn
+  from its own seed with the data set's own sampler and renderer.
+  """
+  from shared.data import shapes
+  from shared.data import shapes_render as rnd
+
+  pairs = [(s, c) for s in range(NUM_SHAPES) for c in range(NUM_COLOURS)]
+  rng = np.random.default_rng([seed, 7])
+  attrs = shapes.sample_attributes(rng, n, pairs, grid, min_objects, max_objects)
+  image, clean = rnd.render_pair(
+    rng,
+    *(attrs[k] for k in ("shape", "colour", "size", "pos", "offset")),
+    resolution=resolution,
+    grid=grid,
+    strength=nuisance,
+  )
+  to_float = lambda a: a.astype(np.float32) / np.float32(255.0)
+  return {"image": to_float(image), "clean": to_float(clean), **attrs}
+
+
 def train_judge(cfg, train: dict, grid: int, seed: int, workdir: str) -> Judge:
-  """Trains (or loads from `workdir/judge.npz`) the judge on real renders of `train`.
+  """Trains (or loads from `workdir/judge.npz`) the judge on real renders.
 
   Args:
     cfg: `config.judge`: inputs (which renders: 'clean', 'image'), steps, batch_size, lr,
       widths, hidden.
-    train: the training split's arrays.
+    train: arrays with the renders in `cfg.inputs` and per-object 'shape', 'colour', 'size',
+      'pos' (the output of `render_scenes`, or a data split).
   """
   path = os.path.join(workdir, "judge.npz")
   if os.path.exists(path):

@@ -388,9 +388,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   text_tok = text_lib.make_tokenizer(config.text, info.get("vocab"), workdir)
   add_text_ids(splits, text_tok, config.text)
   t_judge = time.time()
-  judge = judge_lib.train_judge(
-    config.judge, splits["train"], info["grid"], config.seed, os.path.join(workdir, "judge")
-  )
+  judge_dir = os.path.join(workdir, "judge")
+  if config.judge.num_scenes and not os.path.exists(os.path.join(judge_dir, "judge.npz")):
+    d = config.data
+    judge_train = judge_lib.render_scenes(
+      config.judge.num_scenes,
+      resolution=d.resolution,
+      grid=d.grid,
+      min_objects=d.min_objects,
+      max_objects=d.max_objects,
+      nuisance=d.nuisance,
+      seed=config.seed + 1,
+    )
+  else:  # judge.num_scenes = 0: the training split (no held-out combinations)
+    judge_train = splits["train"]
+  judge = judge_lib.train_judge(config.judge, judge_train, info["grid"], config.seed, judge_dir)
   ceiling = {}
   for split in ("test", "heldout"):
     targets = judge_lib.cell_targets(splits[split], info["grid"] ** 2)
