@@ -190,7 +190,7 @@ def get_config(arg=None):
   else:
     opt = config_utils.optimizer_config(lr=3e-3, weight_decay=5e-4, schedule="cosine")
     cfg.victim = dict(
-      epochs=2 if tiny else (40 if compare else 12),
+      epochs=2 if tiny else (40 if compare else 10),
       batch_size=64 if tiny else 128,
       eval_every=1 if tiny else (5 if compare else 3),
       # crop_flip | flip | none, applied to x + delta. At 16x16 a 2-pixel crop halves what the
@@ -200,9 +200,9 @@ def get_config(arg=None):
       optimizer=opt,
     )
   cfg.simclr_victim = dict(
-    epochs=500 if paper else (2 if tiny else (100 if compare else 25)),
+    epochs=500 if paper else (2 if tiny else (100 if compare else 15)),
     batch_size=512 if paper else (64 if tiny else 128),
-    eval_every=100 if paper else (1 if tiny else (20 if compare else 10)),
+    eval_every=100 if paper else (1 if tiny else (20 if compare else 5)),
     temperature=0.5,
     proj_hidden=512 if paper else (128 if compare else 64),
     proj_dim=128 if paper else (64 if compare else 32),
