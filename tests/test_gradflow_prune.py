@@ -316,7 +316,9 @@ def test_tiny_end_to_end_via_the_cli(tmp_path):
   assert claim["lower_fd"] == (claim["fd_iterative_grasp"] < claim["fd_oneshot_taylor"])
   for name in ("fd_vs_macs.png", "summary.md", "eval/samples_teacher.png", "teacher/params.npz"):
     assert (tmp_path / name).exists(), name
-  pruned_cfg = json.loads((tmp_path / "runs/iterative/grasp/seed0/pruned_config.json").read_text())
+  pruned_cfg = json.loads(
+    (tmp_path / "runs/keep0.7/iterative/grasp/seed0/pruned_config.json").read_text()
+  )
   assert pruned_cfg["widths"] and unet.from_config_dict(pruned_cfg)
   # Re-running resumes: every stage is cached, the metrics are the same.
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -27,27 +27,35 @@ def test_small_presets_are_cpu_sized():
   assert 1_000_000 < n < 2_000_000
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_forward_shape_and_dtype(dtype):
-  model = unet.from_config_dict(unet.preset("tiny8"), dtype=dtype)
-  params = unet.init_params(model, jax.random.PRNGKey(0))
-  chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda p: p.astype(jnp.float32), params))
+@pytest.fixture(scope="module")
+def tiny():
+  """tiny8 with dropout 0.5, non-zero params, inputs, and one jitted apply shared by the tests."""
+  model = unet.from_config_dict(unet.preset("tiny8", dropout=0.5))
+  params = jax.tree.map(lambda p: p + 0.1, unet.init_params(model, 0))  # conv2 would hide dropout
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
-  y = jax.jit(model.apply)({"params": params}, x, jnp.array([0, 10, 999]))
+  t = jnp.array([0, 10, 999])
+  apply = jax.jit(model.apply, static_argnames="train")
+  return model, params, x, t, apply
+
+
+def test_forward_shape_and_dtype(tiny):
+  model, params, x, t, apply = tiny
+  chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda p: p.astype(jnp.float32), params))
+  y = apply({"params": params}, x, t)
   chex.assert_shape(y, (3, 8, 8, 1))
   assert y.dtype == jnp.float32 and np.all(np.isfinite(y))
+  bf16 = unet.from_config_dict(unet.preset("tiny8", dropout=0.5), dtype=jnp.bfloat16)
+  y16 = jax.jit(bf16.apply)({"params": params}, x, t)  # bf16 compute, f32 params and output
+  assert y16.dtype == jnp.float32
+  np.testing.assert_allclose(y16, y, atol=0.1 * float(jnp.abs(y).max()))
 
 
-def test_dropout_is_used_when_training():
-  model = unet.from_config_dict(unet.preset("tiny8", dropout=0.5))
-  params = unet.init_params(model, jax.random.PRNGKey(0))
-  params = jax.tree.map(lambda p: p + 0.1, params)  # the zero-init conv2 would hide dropout
-  x, t = jnp.ones((2, 8, 8, 1)), jnp.array([5, 5])
-  apply = jax.jit(model.apply, static_argnames="train")
+def test_dropout_is_used_when_training(tiny):
+  _, params, x, t, apply = tiny
   run = lambda k: apply({"params": params}, x, t, train=True, rngs={"dropout": k})
   assert not np.allclose(run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2)))
-  once = apply({"params": params}, x, t, train=False)
-  np.testing.assert_array_equal(once, apply({"params": params}, x, t, train=False))
+  once = apply({"params": params}, x, t)
+  np.testing.assert_array_equal(once, apply({"params": params}, x, t))
 
 
 def test_per_layer_widths_set_the_shapes_of_exactly_their_layers():
@@ -81,13 +89,9 @@ def test_bad_widths_are_config_errors():
     unet.preset("huge")
 
 
-def test_all_ones_masks_change_nothing():
-  model = unet.from_config_dict(unet.preset("tiny8"))
-  params = unet.init_params(model, jax.random.PRNGKey(0))
-  params = jax.tree.map(lambda p: p + 0.05, params)
+def test_all_ones_masks_change_nothing(tiny):
+  model, params, x, t, apply = tiny
   masks = {name: jnp.ones(w) for name, w in unet.layout(model).widths.items()}
-  x, t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1)), jnp.array([1, 500])
-  apply = jax.jit(model.apply)
   np.testing.assert_allclose(
     apply({"params": params}, x, t, masks=masks), apply({"params": params}, x, t), atol=1e-5
   )
