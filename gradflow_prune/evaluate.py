@@ -31,14 +31,14 @@ from shared.models import unet
 
 
 def _sub_jaxprs(params):
-  from jax.extend import core as jcore
-
+  """Jaxprs nested in an equation's params (pjit, scan, cond, custom_jvp...), by duck typing:
+  a Jaxpr has `.eqns`, a ClosedJaxpr has `.jaxpr.eqns` (no private JAX imports)."""
   for value in params.values():
     for v in value if isinstance(value, tuple | list) else (value,):
-      if isinstance(v, jcore.ClosedJaxpr):
-        yield v.jaxpr
-      elif isinstance(v, jcore.Jaxpr):
+      if hasattr(v, "eqns"):
         yield v
+      elif hasattr(getattr(v, "jaxpr", None), "eqns"):
+        yield v.jaxpr
 
 
 def _jaxpr_macs(jaxpr) -> int:

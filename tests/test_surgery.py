@@ -164,3 +164,14 @@ def test_pruned_checkpoint_reloads_with_its_own_config(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(small_params))
   with pytest.raises(Exception, match="cannot be restored"):  # the big shapes do not fit
     train_lib.Checkpointer(str(tmp_path / "ckpt")).restore(7, {"params": unet.init_params(big, 0)})
+
+
+def test_count_macs_counts_convs_dots_and_scan_repeats():
+  x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+  k = jax.ShapeDtypeStruct((3, 3, 3, 5), jnp.float32)
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  assert evaluate.count_macs(conv, x, k) == 2 * 8 * 8 * 5 * (3 * 3 * 3)
+  loop = lambda a: jax.lax.scan(lambda c, _: (c @ c, None), a, None, length=3)[0]
+  assert evaluate.count_macs(loop, jnp.ones((4, 4))) == 3 * 4 * 4 * 4
