@@ -418,11 +418,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ceiling["test_image"]["all_correct"],
   )
   rows, per_seed = [], {}
-  pipes = []
+  pipe = Pipeline(config, workdir, splits, info, text_tok, judge)  # compiled once for all seeds
   for seed in config.seeds:
     seed_dir = workdir if len(config.seeds) == 1 else os.path.join(workdir, f"seed_{seed}")
-    pipe = Pipeline(config, workdir, splits, info, text_tok, judge)
-    pipes.append(pipe)
+    pipe.stage_seconds = {}
     out = run_seed(pipe, seed, seed_dir)
     rows += out["rows"]
     per_seed[str(seed)] = {
