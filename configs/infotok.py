@@ -118,7 +118,7 @@ def get_config(arg=None):
     )
   )
   cfg.hsic = ml_collections.ConfigDict(
-    dict(beta_x=pick((0.01, 0.03, 0.1), t=(0.1,), c=(0.003, 0.01, 0.03, 0.1)), lambda_y=1.0)
+    dict(beta_x=pick((0.03, 0.1, 0.3), t=(0.1,), c=(0.01, 0.03, 0.1, 0.3)), lambda_y=0.1)
   )
   cfg.semantic = ml_collections.ConfigDict(dict(align_weight=3e-3))  # VILA-U/UniTok contrastive
   cfg.select = ml_collections.ConfigDict(dict(tolerance=0.02))  # of val relevance vs baseline
