@@ -279,8 +279,9 @@ def init_state(
   *,
   fsdp: bool = False,
   ema_decay: float = 0.0,
+  jit: bool | None = None,
 ) -> tuple[TrainState, PyTree]:
-  """Initialises a TrainState directly into its shardings (no host round trip).
+  """Initialises a TrainState in its shardings.
 
   Args:
     init_fn: key -> (params, model_state).
@@ -289,6 +290,10 @@ def init_state(
     mesh: from `make_mesh`.
     fsdp: shard large leaves over "data".
     ema_decay: > 0 keeps an EMA of params.
+    jit: build the state under `jax.jit` straight into its shardings (no host round trip; what
+      large models on accelerators need). None = jit unless the backend is the CPU, where
+      compiling an initialiser costs tens of seconds (measured: 27 s for ResNet-18 on 2 cores)
+      against well under a second op by op; the values are the same either way.
 
   Returns:
     (state, state_sharding).
@@ -303,8 +308,11 @@ def init_state(
 
   abstract = jax.eval_shape(create, init_rng)
   sharding = state_shardings(abstract, mesh, fsdp=fsdp)
-  state = jax.jit(create, out_shardings=sharding)(init_rng)
-  return state, sharding
+  if jit is None:
+    jit = jax.default_backend() != "cpu"
+  if jit:
+    return jax.jit(create, out_shardings=sharding)(init_rng), sharding
+  return jax.device_put(create(init_rng), sharding), sharding
 
 
 # ----------------------------------------------------------------------------------------------

@@ -171,9 +171,7 @@ def test_resume_is_bit_identical(tmp_path):
   _loop(str(tmp_path / "b"), 10, data)
   resumed = _loop(str(tmp_path / "b"), 20, data)
   chex.assert_trees_all_equal(jax.device_get(straight.params), jax.device_get(resumed.params))
-  chex.assert_trees_all_equal(
-    jax.device_get(straight.opt_state), jax.device_get(resumed.opt_state)
-  )
+  chex.assert_trees_all_equal(jax.device_get(straight.opt_state), jax.device_get(resumed.opt_state))
   chex.assert_trees_all_equal(
     jax.device_get(straight.ema_params), jax.device_get(resumed.ema_params)
   )
@@ -219,3 +217,15 @@ def test_metric_writer_jsonl(tmp_path):
     (row,) = [json.loads(line) for line in f]
   assert row == {"step": 3, "stage": "pretrain", "loss": 1.5, "acc": 0.25}
   assert train_lib.read_metrics(str(tmp_path), stage="other") == []
+
+
+def test_init_state_eager_and_jitted_agree():
+  mesh = train_lib.make_mesh(1)
+  tx = train_lib.make_optimizer(config_utils.optimizer_config(), 10)
+  init = lambda k: (Toy().init(k, jnp.zeros((1, DIM)))["params"], {})
+  eager, sh1 = train_lib.init_state(init, tx, jax.random.PRNGKey(3), mesh, jit=False)
+  jitted, sh2 = train_lib.init_state(init, tx, jax.random.PRNGKey(3), mesh, jit=True)
+  chex.assert_trees_all_close(jax.device_get(eager.params), jax.device_get(jitted.params))
+  assert jax.tree.map(lambda a, b: a == b, sh1, sh2)
+  leaf = jax.tree.leaves(eager.params)[0]
+  assert leaf.sharding == jax.tree.leaves(sh1.params)[0]
