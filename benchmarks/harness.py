@@ -41,7 +41,7 @@ class Case:
     flops_fn: `batch_size -> (fn, abstract_args)` building the same (unjitted) function at a
       given batch size for CPU FLOP counting; None to skip counting.
     batch_size: the global batch of `args`.
-    carry: thread the first output back as the first argument.
+    carry: thread the first output (or the only one) back as the first argument.
     meta: extra fields for the report (dtype, params, config...).
   """
 
@@ -59,6 +59,11 @@ def _block(tree):
   jax.tree.map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
 
 
+def _first(out):
+  """The carried value: the first output of a tuple-returning step, else the output itself."""
+  return out[0] if isinstance(out, tuple) else out
+
+
 def time_calls(case: Case, steps: int, warmup: int) -> tuple[list[float], float]:
   """Per-call wall times (s) after `warmup` calls, and the first call's (compile) time."""
   args = case.args
@@ -67,11 +72,11 @@ def time_calls(case: Case, steps: int, warmup: int) -> tuple[list[float], float]
   _block(out)
   compile_s = time.perf_counter() - t0
   if case.carry:
-    args = (out[0], *args[1:])
+    args = (_first(out), *args[1:])
   for _ in range(warmup):
     out = case.step(*args)
     if case.carry:
-      args = (out[0], *args[1:])
+      args = (_first(out), *args[1:])
   _block(out)
   times = []
   for _ in range(steps):
@@ -80,7 +85,7 @@ def time_calls(case: Case, steps: int, warmup: int) -> tuple[list[float], float]
     _block(out)
     times.append(time.perf_counter() - t)
     if case.carry:
-      args = (out[0], *args[1:])
+      args = (_first(out), *args[1:])
   case.args = args  # keep the donated-buffer chain valid for a later call
   return times, compile_s
 

@@ -59,8 +59,11 @@ def run(config, what: str, steps: int, warmup: int, batch: int, flops: bool) -> 
   method = config.get("method")
   if method not in BENCH_MODULES:
     raise ConfigError(f"no benchmark cases for method {method!r}; known: {sorted(BENCH_MODULES)}")
-  cases = BENCH_MODULES[method]().cases(config, what, batch or None)
-  return [harness.measure(c, steps=steps, warmup=warmup, count=flops) for c in cases]
+  module = BENCH_MODULES[method]()
+  cases = module.cases(config, what, batch or None)
+  rows = [harness.measure(c, steps=steps, warmup=warmup, count=flops) for c in cases]
+  summarize = getattr(module, "summarize", None)
+  return summarize(config, rows) if summarize else rows
 
 
 def main(argv):
