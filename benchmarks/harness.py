@@ -154,13 +154,18 @@ def measure(case: Case, steps: int = 20, warmup: int = 5, count: bool = True) ->
   mem = peak_memory_bytes()
   if mem is not None:
     row["peak_memory_gib"] = mem / 2**30
-  flops = count_flops(case) if count else None
+  return add_flops(row, count_flops(case) if count else None)
+
+
+def add_flops(row: dict[str, Any], flops: float | None) -> dict[str, Any]:
+  """Adds FLOPs per step and what follows from them (TFLOP/s, MFU) to a timed row."""
   row["flops_per_step"] = flops
   if flops:
-    row["tflops_per_s"] = flops / med / 1e12
+    seconds = row["step_ms_median"] / 1e3
+    row["tflops_per_s"] = flops / seconds / 1e12
     peak = device_peak_flops()
     if peak:
-      row["mfu_vs_datasheet"] = flops / med / peak
+      row["mfu_vs_datasheet"] = flops / seconds / peak
   return row
 
 

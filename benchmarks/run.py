@@ -28,6 +28,10 @@ flags.DEFINE_bool("flops", True, "Count FLOPs by lowering the step for the CPU b
 flags.DEFINE_bool("matmul", False, "Only time the bf16 n^3 matmul ceiling.")
 flags.DEFINE_integer("matmul_n", 8192, "Matrix size for --matmul.")
 flags.DEFINE_string("out", "", "Append JSON lines here.")
+flags.DEFINE_bool("count_only", False, "Only count FLOPs per step (on the CPU), no timing.")
+flags.DEFINE_string(
+  "flops_from", "", "JSON lines of a --count_only run: FLOPs per (case, batch) for MFU."
+)
 FLAGS = flags.FLAGS
 
 COLUMNS = (
@@ -61,9 +65,31 @@ def run(config, what: str, steps: int, warmup: int, batch: int, flops: bool) -> 
     raise ConfigError(f"no benchmark cases for method {method!r}; known: {sorted(BENCH_MODULES)}")
   module = BENCH_MODULES[method]()
   cases = module.cases(config, what, batch or None)
-  rows = [harness.measure(c, steps=steps, warmup=warmup, count=flops) for c in cases]
+  if FLAGS.count_only:
+    return [
+      {"case": c.name, "batch_size": c.batch_size, "flops_per_step": harness.count_flops(c)}
+      for c in cases
+    ]
+  known = _read_flops(FLAGS.flops_from) if FLAGS.flops_from else {}
+  rows = []
+  for c in cases:
+    row = harness.measure(c, steps=steps, warmup=warmup, count=flops and not known)
+    if (c.name, c.batch_size) in known:
+      harness.add_flops(row, known[c.name, c.batch_size])
+    rows.append(row)
   summarize = getattr(module, "summarize", None)
   return summarize(config, rows) if summarize else rows
+
+
+def _read_flops(path: str) -> dict[tuple[str, int], float]:
+  try:
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"--flops_from {path}: {e}") from None
+  return {
+    (r["case"], r["batch_size"]): r["flops_per_step"] for r in rows if r.get("flops_per_step")
+  }
 
 
 def main(argv):
@@ -87,7 +113,7 @@ def main(argv):
     if FLAGS.out:
       with open(FLAGS.out, "a") as f:
         f.write(line + "\n")
-  if not FLAGS.matmul:
+  if not (FLAGS.matmul or FLAGS.count_only):
     print(markdown(rows))
 
 
