@@ -93,7 +93,14 @@ def sample_cases(config, batch_size: int, dtype: str = "bfloat16") -> list[Case]
     kit = gp_train.Toolkit(small_config, sched, cfg, mesh)
     model = kit.model
     small_params = jax.device_put(small_params, train_lib.replicated(mesh))
-    forward = jax.jit(lambda p, x, t, model=model: model.apply({"params": p}, x, t))
+    raw_forward = lambda p, x, t, model=model: model.apply({"params": p}, x, t)
+    forward = jax.jit(raw_forward)
+    abstract_params = jax.eval_shape(lambda p=small_params: p)
+
+    def flops_fn(b, raw_forward=raw_forward, abstract_params=abstract_params):
+      x_b = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32)
+      return raw_forward, (abstract_params, x_b, jax.ShapeDtypeStruct((b,), jnp.int32))
+
     label = "teacher" if keep == 1.0 else f"keep{keep:g}"
     macs = evaluate.unet_macs(small_config)
     meta = {"dtype": dtype, "params": unet.num_params(small_params), "macs": macs, "keep": keep}
@@ -104,6 +111,7 @@ def sample_cases(config, batch_size: int, dtype: str = "bfloat16") -> list[Case]
         args=(small_params, x, t),
         examples=batch_size,
         batch_size=batch_size,
+        flops_fn=flops_fn,
         carry=False,
         meta=meta,
       )
