@@ -11,7 +11,7 @@ channel multiply the network's channels (`UNet(..., masks=m)`), and for k = 1..K
     R    = removal scores of the criterion at (theta, m)           # GraSP: S = -theta * (H g)
     S^   = mean|dL/dm| * (R - mean R) / mean|R - mean R|           # centred, on dL/dm's scale
     E(m) = L(theta, m) - lam * sum_c S^_c (1 - m_c)                # + reward for removing high S
-    n_flow Euler steps  m <- clip(m - eta * dE/dm / max|dE/dm|, 0, 1)
+    n_flow Euler steps  m <- clip(m - eta * dE/dm / max|dE/dm|, 0, 1)   (eta halved on a rise)
     keep the top (1 - s_k) of every group by m; the others decay: m_c <- gamma * m_c
     n_train denoising training steps of theta under m
 
@@ -20,7 +20,7 @@ budget: one-shot and iterative train for the same total number of steps.
 
 Why normalise: dE/dm's scale depends on the loss and the width. Dividing the Euler step by its
 largest entry (one scalar per step: a change of time variable of the same flow) makes `eta` the
-largest mask change per step, small enough for E to decrease; scaling S^ to dL/dm's magnitude
+largest mask change per step (halved whenever a step would raise E); scaling S^ to dL/dm's magnitude
 makes `lam` a relative weight (lam = 1: the criterion's push equals the loss gradient's on
 average). Centring S^ keeps the criterion from pushing every mask down at once; the budget
 does that.
@@ -96,21 +96,27 @@ def flow(
 ) -> tuple[Masks, list[float]]:
   """n_flow projected Euler steps of dm/dt = -dE/dm on one batch; returns (masks, E per step).
 
-  The E list has n_flow + 1 entries: before the first step and after each.
+  Step-size control: a step that would raise E is rejected and eta halved (the flow's energy
+  never increases; each step costs one gradient evaluation, accepted or not). The E list has
+  n_flow + 1 entries: at the start and after each step.
   """
   x0, t_B, noise = batch
-  m = {k: np.asarray(v, np.float32) for k, v in masks.items()}
   s_vec = _flat(s_hat, groups.names)
-  energies = []
-  for _ in range(n_flow + 1):
-    loss, grads = grad_fn(params, m, x0, t_B, noise)
-    energies.append(energy(loss, m, s_hat, lam))
-    if len(energies) == n_flow + 1:
-      break
+  m = _flat(masks, groups.names)
+  loss, grads = grad_fn(params, _unflat(m, groups), x0, t_B, noise)
+  e = energy(loss, _unflat(m, groups), s_hat, lam)
+  energies = [e]
+  for _ in range(n_flow):
     d = _flat(jax.device_get(grads), groups.names) + lam * s_vec
-    step = eta * d / max(np.abs(d).max(), 1e-30)
-    m = _unflat(np.clip(_flat(m, groups.names) - step, 0.0, 1.0), groups)
-  return m, energies
+    proposal = np.clip(m - eta * d / max(np.abs(d).max(), 1e-30), 0.0, 1.0)
+    loss_p, grads_p = grad_fn(params, _unflat(proposal, groups), x0, t_B, noise)
+    e_p = energy(loss_p, _unflat(proposal, groups), s_hat, lam)
+    if e_p <= e:
+      m, grads, e = proposal, grads_p, e_p
+    else:
+      eta *= 0.5
+    energies.append(e)
+  return _unflat(m, groups), energies
 
 
 def decay_nonkept(

@@ -123,7 +123,14 @@ def test_soft_mask_flow_descends_the_energy(setup):
     ones, s["scorer"].mask_grads, s["params"], s["batch"], s_hat, groups, lam=1.0, eta=0.02,
     n_flow=4,
   )  # fmt: skip
-  assert len(energies) == 5 and all(b < a for a, b in zip(energies, energies[1:], strict=False))
+  assert len(energies) == 5 and all(b <= a for a, b in zip(energies, energies[1:], strict=False))
+  assert energies[-1] < energies[0]
+  # A step far too large is rejected (eta halved) rather than let the energy rise.
+  _, big = prune.flow(
+    ones, s["scorer"].mask_grads, s["params"], s["batch"], s_hat, groups, lam=1.0, eta=1.0,
+    n_flow=3,
+  )  # fmt: skip
+  assert all(b <= a for a, b in zip(big, big[1:], strict=False))
   for g in groups:
     assert np.all((masks[g.name] >= 0) & (masks[g.name] <= 1))
   # A strong criterion term drives the masks of the highest-S channels down first.
