@@ -105,15 +105,25 @@ def cpu_flops(fn: Callable, abstract_args: tuple) -> float:
   return float(cost["flops"])
 
 
-def count_flops(case: Case, small: tuple[int, int] = (2, 4)) -> float | None:
-  """FLOPs per call at `case.batch_size`, by CPU lowering at two small batches + linear fit."""
+def flops_affine(case: Case, small: tuple[int, int] = (2, 4)) -> tuple[float, float] | None:
+  """(constant, per-example) FLOPs of `case`'s step, from CPU lowerings at two small batches.
+
+  Every per-step cost of these steps is affine in the batch size (the optimizer update is the
+  constant part), so two points give the FLOPs at any batch size.
+  """
   if case.flops_fn is None:
     return None
   b1, b2 = small
   f1 = cpu_flops(*case.flops_fn(b1))
   f2 = cpu_flops(*case.flops_fn(b2))
   per_example = (f2 - f1) / (b2 - b1)
-  return f1 + per_example * (case.batch_size - b1)
+  return f1 - per_example * b1, per_example
+
+
+def count_flops(case: Case, small: tuple[int, int] = (2, 4)) -> float | None:
+  """FLOPs per call at `case.batch_size` (see `flops_affine`)."""
+  fit = flops_affine(case, small)
+  return None if fit is None else fit[0] + fit[1] * case.batch_size
 
 
 def peak_memory_bytes() -> int | None:

@@ -66,29 +66,43 @@ def run(config, what: str, steps: int, warmup: int, batch: int, flops: bool) -> 
   module = BENCH_MODULES[method]()
   cases = module.cases(config, what, batch or None)
   if FLAGS.count_only:
-    return [
-      {"case": c.name, "batch_size": c.batch_size, "flops_per_step": harness.count_flops(c)}
-      for c in cases
-    ]
+    rows = []
+    for c in cases:
+      const, per_example = harness.flops_affine(c) or (None, None)
+      total = None if const is None else const + per_example * c.batch_size
+      rows.append(
+        {
+          "case": c.name,
+          "batch_size": c.batch_size,
+          "flops_per_step": total,
+          "flops_const": const,
+          "flops_per_example": per_example,
+        }
+      )
+    return rows
   known = _read_flops(FLAGS.flops_from) if FLAGS.flops_from else {}
   rows = []
   for c in cases:
     row = harness.measure(c, steps=steps, warmup=warmup, count=flops and not known)
-    if (c.name, c.batch_size) in known:
-      harness.add_flops(row, known[c.name, c.batch_size])
+    if c.name in known:
+      const, per_example = known[c.name]
+      harness.add_flops(row, const + per_example * c.batch_size)
     rows.append(row)
   summarize = getattr(module, "summarize", None)
   return summarize(config, rows) if summarize else rows
 
 
-def _read_flops(path: str) -> dict[tuple[str, int], float]:
+def _read_flops(path: str) -> dict[str, tuple[float, float]]:
+  """case -> (constant, per-example) FLOPs from a --count_only run (any batch size follows)."""
   try:
     with open(path) as f:
       rows = [json.loads(line) for line in f if line.strip()]
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(f"--flops_from {path}: {e}") from None
   return {
-    (r["case"], r["batch_size"]): r["flops_per_step"] for r in rows if r.get("flops_per_step")
+    r["case"]: (r["flops_const"], r["flops_per_example"])
+    for r in rows
+    if r.get("flops_per_example") is not None
   }
 
 

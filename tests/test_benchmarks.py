@@ -53,3 +53,47 @@ def test_unknown_what_is_one_line_exit_2():
     timeout=300,
   )
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_flops_affine_recovers_constant_and_per_example_parts():
+  import jax
+  import jax.numpy as jnp
+
+  w = jax.ShapeDtypeStruct((32, 16), jnp.float32)
+
+  def flops_fn(b):
+    return (lambda x, w: x @ w), (jax.ShapeDtypeStruct((b, 32), jnp.float32), w)
+
+  case = harness.Case(name="m", step=None, args=(), examples=8, batch_size=8, flops_fn=flops_fn)
+  const, per_example = harness.flops_affine(case)
+  assert per_example == pytest.approx(2 * 32 * 16, rel=0.05)
+  assert abs(const) < 0.05 * per_example
+  assert harness.count_flops(case) == pytest.approx(8 * 2 * 32 * 16, rel=0.05)
+
+
+def test_flops_from_reads_the_affine_fit(tmp_path):
+  from benchmarks import run
+
+  path = tmp_path / "flops.jsonl"
+  rows = [
+    {
+      "case": "a",
+      "batch_size": 4,
+      "flops_per_step": 9.0,
+      "flops_const": 1.0,
+      "flops_per_example": 2.0,
+    },
+    {
+      "case": "b",
+      "batch_size": 4,
+      "flops_per_step": None,
+      "flops_const": None,
+      "flops_per_example": None,
+    },
+  ]
+  path.write_text("\n".join(json.dumps(r) for r in rows))
+  assert run._read_flops(str(path)) == {"a": (1.0, 2.0)}
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text("{not json")
+  with pytest.raises(run.ConfigError, match="flops_from"):
+    run._read_flops(str(bad))
