@@ -97,3 +97,31 @@ def test_flops_from_reads_the_affine_fit(tmp_path):
   bad.write_text("{not json")
   with pytest.raises(run.ConfigError, match="flops_from"):
     run._read_flops(str(bad))
+
+
+def test_report_marks_targets_pruned_speedup_and_scaling():
+  from benchmarks import report
+
+  def row(case, devices, batch, eps, flops=None):
+    return {
+      "case": case,
+      "devices": devices,
+      "batch_size": batch,
+      "examples_per_s": eps,
+      "step_ms_median": 1.0,
+      "flops_per_step": flops,
+    }
+
+  rows = [
+    {"case": "matmul_8192_bfloat16", "tflops_per_s": 780.0},
+    row("mcae/mae_pretrain", 1, 256, 7_000.0),
+    row("mcae/mae_pretrain", 2, 512, 12_000.0),
+    row("gradflow_prune/forward_teacher", 1, 256, 20_000.0, flops=2.0),
+    row("gradflow_prune/forward_keep0.5", 1, 256, 30_000.0, flops=1.0),
+  ]
+  text = report.report(rows)
+  assert "| mcae/mae_pretrain | 256 | 7,000 | 6,700 | yes | 1.04x |" in text
+  assert "| gradflow_prune/forward_teacher | 256 | 20,000 | 30,000 | **no** | 0.67x |" in text
+  assert "| 1.50x | 2.00x | 0.75 | **no** |" in text  # speed-up, MACs ratio, efficiency
+  assert "| 1.71x | **no** |" in text  # 12,000 / 7,000 on two devices
+  assert "780 TFLOP/s" in text
