@@ -29,6 +29,7 @@ flags.DEFINE_bool("matmul", False, "Only time the bf16 n^3 matmul ceiling.")
 flags.DEFINE_integer("matmul_n", 8192, "Matrix size for --matmul.")
 flags.DEFINE_string("out", "", "Append JSON lines here.")
 flags.DEFINE_bool("count_only", False, "Only count FLOPs per step (on the CPU), no timing.")
+flags.DEFINE_string("label", "", "Suffix for case names, e.g. 'cudnn' -> 'mcae/x[cudnn]'.")
 flags.DEFINE_string(
   "flops_from", "", "JSON lines of a --count_only run: FLOPs per (case, batch) for MFU."
 )
@@ -87,6 +88,8 @@ def run(config, what: str, steps: int, warmup: int, batch: int, flops: bool) -> 
     if c.name in known:
       const, per_example = known[c.name]
       harness.add_flops(row, const + per_example * c.batch_size)
+    if FLAGS.label:
+      row["case"] = f"{row['case']}[{FLAGS.label}]"
     rows.append(row)
   summarize = getattr(module, "summarize", None)
   return summarize(config, rows) if summarize else rows

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark groups of docs/benchmarks.md, at paper shapes, one after another:
-#   benchmarks/suite.sh OUTDIR GROUP...     groups: matmul mcae ddpm_train ddpm_sample unlearnable
-#                                           infotok mcae_x2 ddpm_train_x2 (x2: global batch doubled)
-# FLOPs come from benchmarks/flops_paper.jsonl (counted on the CPU, see benchmarks/README note in
-# docs/benchmarks.md). A failing group is logged and the others still run.
+#   benchmarks/suite.sh OUTDIR GROUP...
+# groups: matmul mcae mcae_cudnn ddpm_train ddpm_sample unlearnable infotok, and mcae_x2
+# ddpm_train_x2 (global batch doubled, for 2 devices).
+# FLOPs come from benchmarks/flops_paper.jsonl (counted on the CPU; how: docs/benchmarks.md).
+# A failing group is logged and the others still run.
 set -u
 out=$1
 shift
@@ -17,6 +18,10 @@ for group in "$@"; do
   case $group in
     matmul) python -m benchmarks.run --matmul --out "$out/bench.jsonl" ;;
     mcae) run --config configs/mcae.py:paper --what train_step ;;
+    mcae_cudnn)
+      run --config configs/mcae.py:paper --what train_step --label cudnn \
+        --config.model.attention_impl=cudnn
+      ;;
     mcae_x2) run --config configs/mcae.py:paper --what train_step --batch 512 ;;
     ddpm_train) run --config configs/gradflow_prune.py:paper --what train_step ;;
     ddpm_train_x2) run --config configs/gradflow_prune.py:paper --what train_step --batch 256 ;;

@@ -31,6 +31,7 @@ def vit_kwargs(model_cfg, dtype) -> dict:
     num_heads=model_cfg.num_heads or None,
     use_cls_token=model_cfg.use_cls_token,
     dtype=dtype,
+    attention_impl=model_cfg.get("attention_impl") or None,
   )
 
 
