@@ -11,7 +11,9 @@ def partition(n: int, split: str, *, seed: int, test_size: int, val_size: int = 
   """The row indices of `split` among `n` rows: test first, then val, the rest is train.
 
   The permutation depends only on (n, seed), so test and val stay fixed when the other sizes
-  change, and the three splits never overlap.
+  change, and the three splits never overlap. The indices are returned in the source's row order
+  (sorted): where the source is ordered by label (mnist5k), so is every split, so take random
+  subsets (`np.random.default_rng(seed).choice`), never the first n, and shuffle training batches.
   """
   if test_size < 0 or val_size < 0 or test_size + val_size > n:
     raise DataError(f"test_size {test_size} + val_size {val_size} must fit in the {n} examples")
