@@ -43,6 +43,7 @@ class Case:
     batch_size: the global batch of `args`.
     carry: thread the first output (or the only one) back as the first argument.
     meta: extra fields for the report (dtype, params, config...).
+    loss_fn: for train steps, the loss `train_lib.loss_step` differentiates (see `breakdown`).
   """
 
   name: str
@@ -53,6 +54,7 @@ class Case:
   flops_fn: Callable[[int], tuple[Callable, tuple]] | None = None
   carry: bool = True
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+  loss_fn: Callable | None = None
 
 
 def _block(tree):
@@ -194,3 +196,41 @@ def matmul_ceiling(n: int = 8192, dtype=jnp.bfloat16, steps: int = 10) -> dict[s
     "step_ms_median": 1e3 * med,
     "tflops_per_s": 2 * n**3 / med / 1e12,
   }
+
+
+def breakdown(case: Case) -> list[Case]:
+  """Where a train step's time goes: the loss alone (forward), the loss and its gradients
+  (forward + backward), and the full step (`case`, + optimizer update and EMA).
+
+  `case.loss_fn(params, model_state, batch, rng) -> (loss, aux)` is the method's loss, the one
+  its `train_lib.loss_step` differentiates; `case.args` is `(state, batch)`. The differences
+  between the three medians are the backward pass and the update. FLOPs: the full step's only.
+  The full step comes last: it donates the state the other two read.
+  """
+  if case.loss_fn is None:
+    raise ValueError(f"case {case.name} has no loss_fn to break down")
+  loss_fn = case.loss_fn
+  state, batch = case.args
+  rng = jax.random.PRNGKey(0)
+  in_shardings = jax.tree.map(lambda x: x.sharding, (state.params, batch))
+
+  def forward(params, batch):
+    return loss_fn(params, state.model_state, batch, rng)[0]
+
+  def grads(params, batch):
+    return jax.value_and_grad(lambda p: loss_fn(p, state.model_state, batch, rng)[0])(params)
+
+  out = []
+  for label, fn in (("forward", forward), ("forward_backward", grads)):
+    out.append(
+      Case(
+        name=f"{case.name}:{label}",
+        step=jax.jit(fn, in_shardings=in_shardings),
+        args=(state.params, batch),
+        examples=case.examples,
+        batch_size=case.batch_size,
+        carry=False,
+        meta=dict(case.meta),
+      )
+    )
+  return [*out, case]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark groups of docs/benchmarks.md, at paper shapes, one after another:
 #   benchmarks/suite.sh OUTDIR GROUP...
-# groups: matmul mcae mcae_cudnn ddpm_train ddpm_sample unlearnable infotok, and mcae_x2
+# groups: matmul mcae mcae_cudnn mcae_breakdown ddpm_train ddpm_breakdown ddpm_sample unlearnable
+# infotok, and mcae_x2
 # ddpm_train_x2 (global batch doubled, for 2 devices).
 # FLOPs come from benchmarks/flops_paper.jsonl (counted on the CPU; how: docs/benchmarks.md).
 # A failing group is logged and the others still run.
@@ -25,6 +26,8 @@ for group in "$@"; do
     mcae_x2) run --config configs/mcae.py:paper --what train_step --batch 512 ;;
     ddpm_train) run --config configs/gradflow_prune.py:paper --what train_step ;;
     ddpm_train_x2) run --config configs/gradflow_prune.py:paper --what train_step --batch 256 ;;
+    mcae_breakdown) run --config configs/mcae.py:paper --what breakdown ;;
+    ddpm_breakdown) run --config configs/gradflow_prune.py:paper --what breakdown ;;
     ddpm_sample) run --config configs/gradflow_prune.py:paper --what sample ;;
     unlearnable)
       run --config configs/unlearnable.py:paper --what perturb

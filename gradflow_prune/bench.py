@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import Case
+from benchmarks.harness import Case, breakdown
 from gradflow_prune import diffusion, evaluate, surgery
 from gradflow_prune import train as gp_train
 from shared import train_lib
@@ -63,6 +63,7 @@ def train_case(config, batch_size: int, dtype: str) -> Case:
     examples=batch_size,
     batch_size=batch_size,
     flops_fn=flops_fn,
+    loss_fn=loss_fn,
     meta={"dtype": dtype, "params": unet.num_params(params), "macs": None},
   )
 
@@ -133,6 +134,8 @@ def sample_cases(config, batch_size: int, dtype: str = "bfloat16") -> list[Case]
 def cases(config, what: str, batch_size: int | None) -> list[Case]:
   if what == "train_step":
     return [train_case(config, batch_size or 128, d) for d in ("float32", "bfloat16")]
+  if what == "breakdown":  # the bf16 step: forward, forward + backward, full step
+    return breakdown(train_case(config, batch_size or 128, "bfloat16"))
   if what == "sample":
     return sample_cases(config, batch_size or 256)
-  raise ConfigError(f"gradflow_prune has --what=train_step|sample, not {what!r}")
+  raise ConfigError(f"gradflow_prune has --what=train_step|sample|breakdown, not {what!r}")

@@ -13,7 +13,7 @@ import copy
 import jax
 import jax.numpy as jnp
 
-from benchmarks.harness import Case
+from benchmarks.harness import Case, breakdown
 from mcae import pretrain
 from shared import train_lib
 from shared.errors import ConfigError
@@ -71,6 +71,7 @@ def pretrain_case(config, name: str, batch_size: int | None, supcon_weight: floa
     examples=batch_size * cfg.pretrain.views,
     batch_size=batch_size,
     flops_fn=flops_fn,
+    loss_fn=loss,
     meta={
       "dtype": cfg.run.dtype,
       "image_size": image_shape[0],
@@ -83,8 +84,10 @@ def pretrain_case(config, name: str, batch_size: int | None, supcon_weight: floa
 
 
 def cases(config, what: str, batch_size: int | None) -> list[Case]:
+  if what == "breakdown":  # the MAE step: forward, forward + backward, full step
+    return breakdown(pretrain_case(config, "mae_pretrain", batch_size, supcon_weight=0.0))
   if what != "train_step":
-    raise ConfigError(f"mcae has benchmark cases for --what=train_step only, not {what!r}")
+    raise ConfigError(f"mcae has --what=train_step|breakdown, not {what!r}")
   return [
     pretrain_case(config, "mae_pretrain", batch_size, supcon_weight=0.0),
     pretrain_case(config, "mcae_pretrain", batch_size, supcon_weight=config.pretrain.supcon_weight),

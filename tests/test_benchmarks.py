@@ -125,3 +125,27 @@ def test_report_marks_targets_pruned_speedup_and_scaling():
   assert "| 1.50x | 2.00x | 0.75 | **no** |" in text  # speed-up, MACs ratio, efficiency
   assert "| 1.71x | **no** |" in text  # 12,000 / 7,000 on two devices
   assert "780 TFLOP/s" in text
+
+
+def test_breakdown_times_forward_backward_and_the_full_step():
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from shared import train_lib
+
+  def loss_fn(params, model_state, batch, rng):
+    del rng
+    loss = jnp.mean(jnp.square(batch["x"] @ params["w"]))
+    return loss, ({}, model_state)
+
+  mesh = train_lib.make_mesh(1)
+  state, sharding = train_lib.init_state(
+    lambda k: ({"w": jax.random.normal(k, (8, 4))}, {}), optax.sgd(0.1), jax.random.key(0), mesh
+  )
+  step = train_lib.make_step(train_lib.loss_step(loss_fn), sharding, train_lib.batch_sharding(mesh))
+  batch = jax.device_put({"x": jnp.ones((16, 8))}, train_lib.batch_sharding(mesh))
+  case = harness.Case("toy", step, (state, batch), 16, 16, loss_fn=loss_fn)
+  rows = [harness.measure(c, steps=2, warmup=1, count=False) for c in harness.breakdown(case)]
+  assert [r["case"] for r in rows] == ["toy:forward", "toy:forward_backward", "toy"]
+  assert all(r["step_ms_median"] > 0 for r in rows)
