@@ -45,10 +45,10 @@ def _index(rows):
 
 def cases_table(rows: list[dict], ceiling: float | None) -> str:
   head = (
-    "| case | devices | batch | step ms (median) | p10–p90 | examples/s | TFLOP/s | MFU (989) "
-    "| of matmul ceiling | peak GiB | compile s |"
+    "| case | dtype | devices | batch | step ms (median) | p10–p90 | examples/s | TFLOP/s "
+    "| MFU (989) | of matmul ceiling | peak GiB | compile s |"
   )
-  lines = [head, "|" + "---|" * 11]
+  lines = [head, "|" + "---|" * 12]
   for r in rows:
     if r["case"].startswith("matmul"):
       continue
@@ -58,6 +58,7 @@ def cases_table(rows: list[dict], ceiling: float | None) -> str:
       + " | ".join(
         [
           r["case"],
+          str(r.get("dtype") or "—"),
           str(r.get("devices", 1)),
           str(r.get("batch_size")),
           _fmt(r.get("step_ms_median"), "{:.2f}"),

@@ -115,7 +115,13 @@ def get_config(arg=None):
   cfg.models = ml_collections.ConfigDict()
   cfg.models.small_cnn = dict(name="small_cnn", widths=(8, 16, 32), hidden=64)
   cfg.models.mlp = dict(name="mlp", hidden=(256,))
-  cfg.models.resnet18 = dict(name="resnet18", width=64 if paper else (32 if compare else 4))
+  # dtype: compute dtype of the ResNet (params stay float32); bf16 in `paper`, as the PyTorch
+  # references run under autocast (a speed choice; the perturbation itself stays float32).
+  cfg.models.resnet18 = dict(
+    name="resnet18",
+    width=64 if paper else (32 if compare else 4),
+    dtype="bfloat16" if paper else "float32",
+  )
   if compare:
     cfg.models.small_cnn = dict(name="small_cnn", widths=(32, 64, 128), hidden=256)
     cfg.models.mlp = dict(name="mlp", hidden=(512, 512))

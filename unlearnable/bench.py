@@ -57,6 +57,7 @@ def perturb_cases(config, batch_size: int) -> list[Case]:
   n = 50_000
   meta = {
     "model": config.surrogate,
+    "dtype": _dtype(config),
     "em_recipe": f"{em.max_rounds} rounds x ({em.train_steps} surrogate + "
     f"{n // batch_size} x {em.pgd_steps} PGD) steps",
   }
@@ -99,6 +100,10 @@ def perturb_cases(config, batch_size: int) -> list[Case]:
   return [pgd, train]
 
 
+def _dtype(config) -> str:
+  return config.models[config.surrogate].get("dtype", "float32")
+
+
 def victim_case(config, batch_size: int) -> Case:
   recipe = evaluate.supervised_recipe(config, "supervised")  # no defence: the plain victim
   with recipe.unlocked():
@@ -128,7 +133,7 @@ def victim_case(config, batch_size: int) -> Case:
     examples=batch_size,
     batch_size=batch_size,
     flops_fn=flops_fn,
-    meta={"model": config.surrogate},
+    meta={"model": config.surrogate, "dtype": _dtype(config)},
   )
 
 
