@@ -83,6 +83,8 @@ def render(*workdirs: str) -> str:
     mean_std_table(rows, ("style", "variant"), list(TOKENIZER), precision=3, labels=labels)
   )
   out.append("")
+  out.append(claim_table(rows))
+  out.append("")
   m = runs[0]["metrics"]
   ceiling = m["judge_ceiling"]
   out.append(
@@ -123,6 +125,46 @@ def render(*workdirs: str) -> str:
       figs = ", ".join(f"`{os.path.join(w, p)}`" for p in info["figures"].values())
       out.append(f"Figures (seed {seed}): {figs}.")
   return "\n".join(out) + "\n"
+
+
+CLAIM_UND = ("und_vqa_test", "und_vqa_heldout", "und_caption_attr_test", "und_caption_attr_heldout")
+CLAIM_GEN = ("gen_attr_test", "gen_attr_heldout")
+
+
+def claim_table(rows: list[dict]) -> str:
+  """The paper's claim per style: does InfoTok beat the baseline on understanding and generation?
+
+  Per seed, the variant's score minus the baseline's of the same style and seed, averaged over
+  the understanding metrics (VQA and caption attributes, test and held-out) and over the
+  generation metrics (attribute accuracy, test and held-out); mean ± std of those over seeds.
+  "yes" when the mean difference is positive.
+  """
+  by = {(r["style"], r["variant"], r["seed"]): r for r in rows}
+  lines = [
+    "Claim check: each variant minus the baseline, same style and seed (understanding = mean of "
+    "the four understanding columns, generation = mean of the two attribute columns):",
+    "",
+    "| style | variant | Δ understanding | improves | Δ generation | improves |",
+    "|---|---|---|---|---|---|",
+  ]
+  for style, variant in dict.fromkeys((r["style"], r["variant"]) for r in rows):
+    if variant == "baseline":
+      continue
+    d_und, d_gen = [], []
+    for (s_, v_, seed), r in by.items():
+      base = by.get((style, "baseline", seed))
+      if (s_, v_) != (style, variant) or base is None:
+        continue
+      d_und.append(sum(r[k] - base[k] for k in CLAIM_UND) / len(CLAIM_UND))
+      d_gen.append(sum(r[k] - base[k] for k in CLAIM_GEN) / len(CLAIM_GEN))
+    if not d_und:
+      continue
+    mu, mg = sum(d_und) / len(d_und), sum(d_gen) / len(d_gen)
+    lines.append(
+      f"| {style} | {variant} | {format_mean_std(d_und, 3)} | {'yes' if mu > 0 else 'no'} | "
+      f"{format_mean_std(d_gen, 3)} | {'yes' if mg > 0 else 'no'} |"
+    )
+  return "\n".join(lines)
 
 
 def main(argv=None) -> int:

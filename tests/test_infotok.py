@@ -392,3 +392,19 @@ def test_default_run_judge_ceiling_above_95_percent():
   for field in ("test_clean", "test_image"):
     assert m["judge_ceiling"][field]["attribute_mean"] > 0.95, m["judge_ceiling"][field]
   assert m["judge_ok"]
+
+
+def test_report_claim_table_pairs_seeds_with_the_baseline():
+  from infotok import report
+
+  def row(variant, seed, und, gen):
+    r = {"style": "ar", "variant": variant, "seed": seed}
+    r.update({k: und for k in report.CLAIM_UND})
+    r.update({k: gen for k in report.CLAIM_GEN})
+    return r
+
+  rows = [row("baseline", 0, 0.5, 0.4), row("baseline", 1, 0.6, 0.4)]
+  rows += [row("infotok_vib", 0, 0.6, 0.3), row("infotok_vib", 1, 0.8, 0.3)]
+  table = report.claim_table(rows)
+  assert "| ar | infotok_vib | 0.150 ± 0.071 | yes | -0.100 ± 0.000 | no |" in table
+  assert "baseline |" not in table.split("|---|")[-1]
