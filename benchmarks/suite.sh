@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark groups of docs/benchmarks.md, at paper shapes, one after another:
 #   benchmarks/suite.sh OUTDIR GROUP...
-# groups: matmul mcae mcae_cudnn mcae_breakdown ddpm_train ddpm_breakdown ddpm_sample unlearnable
+# groups: matmul mcae mcae_cudnn mcae_xla mcae_breakdown ddpm_train ddpm_breakdown ddpm_sample unlearnable
 # infotok, and mcae_x2
 # ddpm_train_x2 (global batch doubled, for 2 devices).
 # FLOPs come from benchmarks/flops_paper.jsonl (counted on the CPU; how: docs/benchmarks.md).
@@ -23,6 +23,8 @@ for group in "$@"; do
       run --config configs/mcae.py:paper --what train_step --label cudnn \
         --config.model.attention_impl=cudnn
       ;;
+    mcae_xla) run --config configs/mcae.py:paper --what train_step --label xla \
+        --config.model.attention_impl=xla ;;
     mcae_x2) run --config configs/mcae.py:paper --what train_step --batch 512 ;;
     ddpm_train) run --config configs/gradflow_prune.py:paper --what train_step ;;
     ddpm_train_x2) run --config configs/gradflow_prune.py:paper --what train_step --batch 256 ;;

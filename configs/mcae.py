@@ -100,9 +100,9 @@ def get_config(arg=None):
       decoder_num_heads={"paper": 16, "compare": 8, "tiny": 2}.get(v, 3),
       proj_hidden={"paper": 768, "compare": 384, "tiny": 32}.get(v, 48),  # dim -> dim
       proj_dim={"paper": 128, "compare": 128}.get(v, 32),  # -> 128 (SupContrast)
-      # jax.nn.dot_product_attention implementation: "" = XLA's (any device), "cudnn" = fused
-      # (NVIDIA GPUs, bf16). A speed choice only; docs/benchmarks.md measures both.
-      attention_impl="",
+      # jax.nn.dot_product_attention implementation: "auto" = cuDNN's fused attention on NVIDIA
+      # GPUs in bf16, else XLA's; "xla"; "cudnn". A speed choice only (docs/benchmarks.md).
+      attention_impl="auto",
     )
   )
 

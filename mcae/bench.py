@@ -78,6 +78,7 @@ def pretrain_case(config, name: str, batch_size: int | None, supcon_weight: floa
       "patch": cfg.model.patch_size,
       "mask_ratio": cfg.pretrain.mask_ratio,
       "decoder_depth": cfg.pretrain.decoder_depth,
+      "attention": pretrain.attention_impl(cfg.model.get("attention_impl", ""), dtype) or "xla",
       "params": int(n_params),
     },
   )

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from mcae.augment import augment
 from mcae.supcon import positive_groups, supcon_loss
+from shared.errors import ConfigError
 from shared.masks import random_masking
 from shared.models.vit import MAE, ViTEncoder, mae_loss, patchify, vit_size
 
@@ -31,8 +32,20 @@ def vit_kwargs(model_cfg, dtype) -> dict:
     num_heads=model_cfg.num_heads or None,
     use_cls_token=model_cfg.use_cls_token,
     dtype=dtype,
-    attention_impl=model_cfg.get("attention_impl") or None,
+    attention_impl=attention_impl(model_cfg.get("attention_impl", ""), dtype),
   )
+
+
+def attention_impl(name: str, dtype) -> str | None:
+  """The `jax.nn.dot_product_attention` implementation: "auto" = cuDNN's fused attention on NVIDIA
+  GPUs in half precision (measured on an H200: MAE ViT-B/16 3,258 -> 4,382 img/s), XLA's
+  elsewhere; "" = XLA's; "cudnn" = cuDNN's (an error where it is unavailable)."""
+  if name == "auto":
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and jax.default_backend() == "gpu" else None
+  if name not in ("", "cudnn", "xla"):
+    raise ConfigError(f"model.attention_impl must be auto, cudnn, xla or '', not {name!r}")
+  return name or None
 
 
 class ProjectionHead(nn.Module):

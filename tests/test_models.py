@@ -382,3 +382,18 @@ def test_bf16_compute_runs():
   assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
   for model in (ViTClassifier(3, size="mu", patch_size=4, dtype=bf16), SmallCNN(3, dtype=bf16)):
     assert shapes_of(model, x).dtype == jnp.float32
+
+
+def test_padded_attention_equals_unpadded_attention():
+  import jax
+  import jax.numpy as jnp
+
+  from shared.models.transformer import padded_attention
+
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 197, 4, 8))
+  want = jax.nn.dot_product_attention(q, k, v)
+  got = padded_attention(q, k, v)
+  assert got.shape == want.shape
+  assert jnp.allclose(got, want, atol=1e-5)
+  grad = lambda f: jax.grad(lambda q: jnp.sum(f(q, k, v) ** 2))(q)
+  assert jnp.allclose(grad(padded_attention), grad(jax.nn.dot_product_attention), atol=1e-4)
