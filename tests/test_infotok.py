@@ -384,14 +384,20 @@ def test_continuous_quantizer_is_a_one_line_error(tmp_path):
 
 def test_default_run_judge_ceiling_above_95_percent():
   """The judge's accuracy on real test renders in the default run (from its results.json)."""
-  path = os.path.join(ROOT, "runs", "infotok", "results.json")
-  if not os.path.exists(path):
-    pytest.skip(f"no default run at {path}; run the command in docs/results.md")
-  with open(path) as f:
-    m = json.load(f)["metrics"]
-  for field in ("test_clean", "test_image"):
-    assert m["judge_ceiling"][field]["attribute_mean"] > 0.95, m["judge_ceiling"][field]
-  assert m["judge_ok"]
+  import glob
+
+  runs = []
+  for path in sorted(glob.glob(os.path.join(ROOT, "runs", "infotok*", "results.json"))):
+    with open(path) as f:
+      result = json.load(f)
+    if result.get("variant") == "default":
+      runs.append(result["metrics"])
+  if not runs:
+    pytest.skip("no default run under runs/infotok*; run the command in docs/results.md")
+  for m in runs:
+    for field in ("test_clean", "test_image"):
+      assert m["judge_ceiling"][field]["attribute_mean"] > 0.95, m["judge_ceiling"][field]
+    assert m["judge_ok"]
 
 
 def test_report_claim_table_pairs_seeds_with_the_baseline():
