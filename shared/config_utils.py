@@ -44,9 +44,7 @@ def _coerce(key: str, text: str, default):
   return text
 
 
-def parse_arg(
-  arg: str | None, *, variants: Sequence[str], **defaults
-) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, *, variants: Sequence[str], **defaults) -> ml_collections.ConfigDict:
   """Parses a config argument 'variant,key=value,...' against typed defaults.
 
   Args:
