@@ -149,3 +149,17 @@ def test_breakdown_times_forward_backward_and_the_full_step():
   rows = [harness.measure(c, steps=2, warmup=1, count=False) for c in harness.breakdown(case)]
   assert [r["case"] for r in rows] == ["toy:forward", "toy:forward_backward", "toy"]
   assert all(r["step_ms_median"] > 0 for r in rows)
+
+
+def test_collectives_counts_ops_and_elements_of_hlo_text():
+  from benchmarks import collectives
+
+  hlo = """
+  %all-reduce.1 = (f32[3,3,8,8]{3,2,1,0}, f32[8]{0}) all-reduce(%a, %b), replica_groups={}
+  ROOT %all-gather-start.2 = f32[4,16]{1,0} all-gather-start(%c), dimensions={0}
+  %add.3 = f32[8]{0} add(%x, %y)
+  """
+  assert collectives.count(hlo) == {
+    "all-reduce": {"ops": 1, "elements": 3 * 3 * 8 * 8 + 8},
+    "all-gather": {"ops": 1, "elements": 64},
+  }
