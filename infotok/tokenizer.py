@@ -361,26 +361,17 @@ class TokenizerTrainer:
     from shared import data as data_lib
 
     cfg = self.cfg
-    ckpt = train_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=1, every=cfg.checkpoint_every
+    state = train_stage(
+      cfg,
+      state,
+      lambda s, b: self._step(s, b, w),
+      lambda start: data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start),
+      self.num_steps,
+      self.data_sharding,
+      workdir,
+      log_dir,
+      stage,
     )
-    writer = train_lib.MetricWriter(log_dir, stage=stage)
-    try:
-      state = train_lib.train_loop(
-        state=state,
-        step_fn=lambda s, b: self._step(s, b, w),
-        batches=lambda start: data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start),
-        num_steps=self.num_steps,
-        data_sharding=self.data_sharding,
-        checkpointer=ckpt,
-        writer=writer,
-        log_every=cfg.log_every,
-        progress=False,
-        stage=stage,
-      )
-    finally:
-      ckpt.close()
-      writer.close()
     return jax.device_get(state.params)
 
   # -- evaluation-time maps (posterior mean, no noise), batched with one compiled shape ---------
@@ -435,6 +426,30 @@ def cached_init(init_fn, tx, mesh):
     return box["fn"](key), box["sharding"]
 
   return init
+
+
+def train_stage(cfg, state, step_fn, batches, num_steps, data_sharding, workdir, log_dir, stage):
+  """`train_lib.train_loop` for one sub-run of the pipeline (a tokenizer or a unified model):
+  resumable from `workdir/checkpoints` (`cfg.checkpoint_every`), metrics rows tagged `stage` in
+  `log_dir`'s metrics.jsonl."""
+  with (
+    train_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=1, every=cfg.checkpoint_every
+    ) as ckpt,
+    train_lib.MetricWriter(log_dir, stage=stage) as writer,
+  ):
+    return train_lib.train_loop(
+      state=state,
+      step_fn=step_fn,
+      batches=batches,
+      num_steps=num_steps,
+      data_sharding=data_sharding,
+      checkpointer=ckpt,
+      writer=writer,
+      log_every=cfg.log_every,
+      progress=False,
+      stage=stage,
+    )
 
 
 def log_summary(name: str, metrics: Mapping[str, float]) -> None:

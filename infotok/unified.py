@@ -23,7 +23,6 @@ Text is decoded greedily and restricted to words; images are sampled among codes
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 
 import jax
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from infotok.tokenizer import cached_init
+from infotok.tokenizer import cached_init, train_stage
 from shared import masks, train_lib
 from shared.errors import ConfigError
 from shared.models.transformer import TransformerLM, span_bidirectional_mask
@@ -293,26 +292,9 @@ class UnifiedTrainer:
       for raw in data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start):
         yield mixed_batch(self.layout, raw, cfg.task_fractions)
 
-    ckpt = train_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=1, every=cfg.checkpoint_every
+    state = train_stage(
+      cfg, state, self._step, batches, cfg.num_steps, self.data_sharding, workdir, log_dir, stage
     )
-    writer = train_lib.MetricWriter(log_dir, stage=stage)
-    try:
-      state = train_lib.train_loop(
-        state=state,
-        step_fn=self._step,
-        batches=batches,
-        num_steps=cfg.num_steps,
-        data_sharding=self.data_sharding,
-        checkpointer=ckpt,
-        writer=writer,
-        log_every=cfg.log_every,
-        progress=False,
-        stage=stage,
-      )
-    finally:
-      ckpt.close()
-      writer.close()
     return jax.device_get(state.params)
 
   # -- sampling ---------------------------------------------------------------------------------

@@ -196,11 +196,12 @@ def _train(
   ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folder, name, hooks=(), every=0
 ):
   cfg = ctx.config
-  ckpt = train_lib.Checkpointer(
-    os.path.join(folder, "checkpoints"), keep=1, every=cfg.run.checkpoint_every
-  )
-  writer = train_lib.MetricWriter(folder, tensorboard=cfg.run.tensorboard, stage=name)
-  try:
+  with (
+    train_lib.Checkpointer(
+      os.path.join(folder, "checkpoints"), keep=1, every=cfg.run.checkpoint_every
+    ) as ckpt,
+    train_lib.MetricWriter(folder, tensorboard=cfg.run.tensorboard, stage=name) as writer,
+  ):
     return train_lib.train_loop(
       state=state,
       step_fn=stage.step,
@@ -215,9 +216,6 @@ def _train(
       hooks=tuple(hooks),
       hook_every=every,
     )
-  finally:
-    ckpt.close()
-    writer.close()
 
 
 def _pretrain(ctx, mcfg, base, proto, seed, key, source_train):

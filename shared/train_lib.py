@@ -377,6 +377,12 @@ class Checkpointer:
     self._mngr.wait_until_finished()
     self._mngr.close()
 
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
 
 # ----------------------------------------------------------------------------------------------
 # Metrics and progress
@@ -427,6 +433,12 @@ class MetricWriter:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
+
+  def __enter__(self) -> MetricWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def _tensorflow_available() -> bool:
