@@ -59,18 +59,9 @@ def tokenizer_case(config, batch_size: int | None) -> Case:
   batch = jax.device_put(_tokenizer_batch(batch_size, size, text_len, vocab), trainer.data_sharding)
   abstract_state = jax.eval_shape(lambda: state)
 
-  def raw_step(s, b, w):  # the same objective, unjitted, for CPU FLOP counting
-    key = jax.random.PRNGKey(0)
-    grads = jax.grad(
-      lambda p: tok_lib.objective(
-        trainer.model, p, b, key, w, entropy_temperature=cfg.entropy_temperature
-      )[0]
-    )(s.params)
-    return s.apply_gradients(grads)
-
-  def flops_fn(b):
+  def flops_fn(b):  # the trained step itself, unjitted, lowered for the CPU
     abstract_batch = jax.eval_shape(lambda: _tokenizer_batch(b, size, text_len, vocab))
-    return raw_step, (abstract_state, abstract_batch, jax.eval_shape(lambda: w))
+    return step.__wrapped__, (abstract_state, abstract_batch, jax.eval_shape(lambda: w))
 
   grid = trainer.grid(size)
   return Case(
@@ -137,14 +128,8 @@ def unified_case(config, style: str, batch_size: int | None) -> Case:
   )
   abstract_state = jax.eval_shape(lambda: state)
 
-  def raw_step(s, b):
-    grads = jax.grad(
-      lambda p: uni.loss_fn(trainer.model, trainer.style, layout, p, b, jax.random.PRNGKey(0))[0]
-    )(s.params)
-    return s.apply_gradients(grads)
-
-  def flops_fn(b):
-    return raw_step, (
+  def flops_fn(b):  # the trained step itself, unjitted, lowered for the CPU
+    return step.__wrapped__, (
       abstract_state,
       jax.eval_shape(lambda: _unified_batch(layout, b, cfg.task_fractions)),
     )
