@@ -11,8 +11,11 @@ Variants:
            seed, sized for 2 CPU cores (see docs/results.md for the measured wall time).
   tiny     the same pipeline on a few hundred examples and a few steps (tests).
   compare  the default with 3 seeds (`seeds`, each in `seed_<s>/`) and a larger budget (GPU).
-  paper    the pipeline at 256 px with ViT-B-size unified models on an image-caption TFDS set;
-           needs a caption-keeping TFDS loader (see docs/infotok.md).
+  paper    the pipeline at 256 px with ViT-B-size unified models on an image-caption TFDS set
+           (coco_captions, prepared beforehand in `data.data_dir`; a local pretrained text
+           tokenizer, GPT-2's by default), judged by a retrieval model (infotok/captions.py).
+Option `captions=true` puts any variant on the image-caption set: `configs/infotok.py:tiny,
+captions=true` is a smoke test of a COCO download in about a minute.
 Every unknown of the paper is a field here; docs/infotok.md lists them with the chosen values.
 """
 
@@ -24,9 +27,11 @@ VARIANTS = ("tiny", "compare", "paper")
 
 
 def get_config(arg=None):
-  args = config_utils.parse_arg(arg, variants=VARIANTS)
+  args = config_utils.parse_arg(arg, variants=VARIANTS, captions=False)
   v = args.variant
   tiny, compare, paper = v == "tiny", v == "compare", v == "paper"
+  captions = paper or args.captions  # an image-caption TFDS set instead of `shapes`
+  on_captions = lambda shapes_value, caption_value: caption_value if captions else shapes_value
   pick = lambda default, t=None, c=None, p=None: (
     t
     if tiny and t is not None
@@ -46,24 +51,29 @@ def get_config(arg=None):
 
   cfg.data = ml_collections.ConfigDict(
     dict(
-      name=pick("shapes", p="tfds:coco_captions"),
+      name=on_captions("shapes", "tfds:coco_captions"),
       data_dir="",
+      # image-caption sets: the TFDS split of each of ours, the caption feature (flattened)
+      tfds_splits=dict(train="train", val="val", test="test"),
+      caption_feature="captions/text",
       resolution=pick(48, p=256),
       grid=3,
       min_objects=1,
       max_objects=2,
       nuisance=1.0,  # background texture, colour jitter, pixel noise: what IB should drop
       seed=0,
-      num_train=pick(20_000, t=512),
+      num_train=pick(20_000, t=512, p=40_000),  # 0 = the whole split (COCO: 82,783, 65 GB f32)
       num_val=pick(2_000, t=128),
-      num_test=pick(2_000, t=128),
+      num_test=pick(2_000, t=128, p=5_000),
       num_heldout=pick(2_000, t=128),
     )
   )
   cfg.text = ml_collections.ConfigDict(
     dict(
       tokenizer=pick("word_level", p="gpt2"),  # or any local transformers tokenizer dir / name
-      caption_len=pick(20, p=32),
+      caption_len=pick(20, p=32),  # image-caption sets: longer captions are cut
+      min_count=5,  # word_level on image-caption sets: words seen this often in training captions
+      vocab_size=0,  # ... and at most this many (0: no limit)
       question_len=12,
       answer_len=4,
     )
@@ -72,13 +82,16 @@ def get_config(arg=None):
     dict(
       inputs=("clean", "image"),  # real renders only, never reconstructions or generations
       num_scenes=pick(20_000, t=512),  # fresh renders over all combinations (0 = the train split)
-      steps=pick(700, t=30),
+      steps=pick(700, t=30, p=5_000),
       batch_size=256,
       object_fraction=0.6,
       lr=2e-3,
-      widths=(16, 32, 64),
-      hidden=128,
-      min_accuracy=0.95,
+      widths=on_captions((16, 32, 64), pick((16, 32, 64), p=(32, 64, 128, 256))),
+      hidden=on_captions(128, pick(64, p=256)),
+      # shapes: attribute accuracy on real test renders; image-caption sets: R-precision among
+      # `group` (chance 1/32; 0.3 is our choice of "clearly better than chance")
+      min_accuracy=on_captions(0.95, 0.3),
+      group=32,  # image-caption sets: R-precision candidates
     )
   )
   cfg.tokenizer = ml_collections.ConfigDict(
@@ -133,7 +146,7 @@ def get_config(arg=None):
       dropout=0.0,
       num_steps=pick(800, t=30, c=4_000, p=100_000),
       batch_size=pick(32, c=64, p=256),
-      task_fractions=(0.5, 0.25, 0.25),  # t2i, i2t, vqa rows of each batch
+      task_fractions=on_captions((0.5, 0.25, 0.25), (0.5, 0.5, 0.0)),  # t2i, i2t, vqa rows
       optimizer=config_utils.optimizer_config(lr=3e-3, warmup_steps=pick(60, t=5), grad_clip=1.0),
       temperature=1.0,
       top_k=0,

@@ -11,6 +11,10 @@
                   judge's accuracy on reconstructions (the task relevance kept by the tokens),
                   code usage and rate.
 Plots: the information plane (rate vs relevance) of a beta sweep; sample grids.
+
+On image-caption sets (`infotok.captions`) the judge is a retrieval model: understanding is BLEU-4
+and caption R-precision, generation and relevance are R-precision (see that module). Functions
+here talk to either judge through `judge_images(images, arrays)` and `judge.relevance_key`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from infotok import judge as judge_lib
 from infotok import quantizers as qz
 from infotok import text as text_lib
 from shared import metrics as metrics_lib
@@ -74,12 +77,29 @@ def caption_scores(predicted: list[str], arrays, grid: int) -> dict[str, float]:
   return out
 
 
-def understanding(trainer, params, tokens, arrays, text_tok, grid: int, n: int) -> dict:
-  """Captioning and VQA on the first n examples of a split (codes from the frozen tokenizer)."""
+def understanding(
+  trainer, params, tokens, arrays, text_tok, grid: int | None, n: int, judge=None
+) -> dict:
+  """Captioning and VQA on the first n examples of a split (codes from the frozen tokenizer).
+
+  Image-caption sets (no questions): BLEU-4 against every reference and the judge's caption
+  R-precision instead.
+  """
   tokens = tokens[:n]
   sub = {k: v[:n] for k, v in arrays.items()}
-  captions = text_lib.decode(text_tok, trainer.caption(params, tokens))
+  caption_ids = trainer.caption(params, tokens)
+  captions = text_lib.decode(text_tok, caption_ids)
   reference = text_lib.decode(text_tok, sub["caption_ids"])
+  if "question_ids" not in sub:
+    from infotok import captions as cap_lib
+
+    hyps = [text_lib.normalize(c).split() for c in captions]
+    out = {"caption_bleu4": metrics_lib.corpus_bleu(hyps, cap_lib.references(sub, n))}
+    out.update(judge.caption_scores(sub["image"], caption_ids))
+    out["samples"] = [
+      {"caption": c, "reference": r} for c, r in list(zip(captions, reference, strict=True))[:4]
+    ]
+    return out
   out = caption_scores(captions, sub, grid)
   out["caption_exact"] = float(np.mean([a == b for a, b in zip(captions, reference, strict=True)]))
   answers = text_lib.decode(text_tok, trainer.answer(params, tokens, sub["question_ids"]))
@@ -98,17 +118,16 @@ def understanding(trainer, params, tokens, arrays, text_tok, grid: int, n: int) 
   return out
 
 
-def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: int, grid: int):
-  """Images generated from the first n captions of a split, judged per attribute.
+def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: int):
+  """Images generated from the first n captions of a split, judged (per attribute on `shapes`,
+  by retrieval on image-caption sets).
 
   Returns (metrics, generated images [n, H, W, 3]).
   """
   captions = arrays["caption_ids"][:n]
   codes = trainer.generate_images(params, captions, key)
   images = tok_trainer.decode(tok_params, codes)
-  targets = judge_lib.cell_targets({k: v[:n] for k, v in arrays.items()}, grid**2)
-  scores = judge.score(images, targets)
-  out = {f"gen_{k}": v for k, v in scores.items()}
+  out = {f"gen_{k}": v for k, v in judge.judge_images(images, arrays).items()}
   out["gen_fd"] = feature_fd(judge, images, arrays["clean"][:n])
   out["gen_code_entropy"] = qz.code_usage(codes, tok_trainer.num_codes)["code_entropy"]
   return out, images
@@ -131,7 +150,7 @@ def per_position_rate(indices_NxT: np.ndarray, num_codes: int) -> float:
   )
 
 
-def reconstruction(tok_trainer, params, arrays, judge, grid: int, n: int) -> dict:
+def reconstruction(tok_trainer, params, arrays, judge, n: int) -> dict:
   """Reconstruction quality, task relevance and rate of a tokenizer on the first n examples."""
   images, clean = arrays["image"][:n], arrays["clean"][:n]
   recon = tok_trainer.reconstruct(params, images)
@@ -140,11 +159,9 @@ def reconstruction(tok_trainer, params, arrays, judge, grid: int, n: int) -> dic
     "psnr_clean": float(jnp.mean(metrics_lib.psnr(jnp.asarray(recon), jnp.asarray(clean)))),
     "recon_fd": feature_fd(judge, recon, clean),
   }
-  targets = judge_lib.cell_targets({k: v[:n] for k, v in arrays.items()}, grid**2)
-  judged = judge.score(recon, targets)
-  out["relevance"] = judged["attribute_mean"]
-  out["recon_all_correct"] = judged["all_correct"]
-  out["recon_shape"] = judged["shape"]
+  judged = judge.judge_images(recon, arrays)
+  out["relevance"] = judged[judge.relevance_key]
+  out.update({f"recon_{k}": v for k, v in judged.items()})
   mu, logvar = tok_trainer.posterior(params, images)
   from infotok import regularizers as reg
 
@@ -185,7 +202,12 @@ def _plt():
   return plt
 
 
-def information_plane(sweeps: dict[str, list[dict]], baselines: dict[str, dict], path: str) -> str:
+def information_plane(
+  sweeps: dict[str, list[dict]],
+  baselines: dict[str, dict],
+  path: str,
+  relevance_label: str = "judge accuracy on reconstructions",
+) -> str:
   """Rate (sum of per-position code entropies, nats/image) vs relevance (judge accuracy on
   reconstructions), one line per swept regulariser, baselines as markers; a second panel with
   the KL of the VIB sweep."""
@@ -208,7 +230,7 @@ def information_plane(sweeps: dict[str, list[dict]], baselines: dict[str, dict],
   axes[0].set_xlabel("rate: sum_t H(code_t) [nats / image]")
   axes[1].set_xlabel("VIB sweep: KL(q(z|x) || N(0, I)) [nats / image]")
   for ax in axes:
-    ax.set_ylabel("relevance: judge accuracy on reconstructions (val)")
+    ax.set_ylabel(f"relevance: {relevance_label} (val)")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
   fig.suptitle("Information plane over the beta sweep (validation split)")

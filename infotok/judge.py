@@ -136,8 +136,35 @@ def score_predictions(pred: dict[str, np.ndarray], targets: dict[str, np.ndarray
   return out
 
 
-class Judge:
-  """A trained JudgeNet: `predict(images)` -> per-cell predictions, `features(images)` for FD."""
+class Batched:
+  """`_batched(fn, x)`: fn(self.params, chunk) over fixed-size chunks of x (the last one padded,
+  so each jitted fn compiles once), outputs concatenated on the host."""
+
+  params = None
+  batch_size = 500
+
+  def _batched(self, fn, inputs):
+    out = []
+    n = len(inputs)
+    b = min(self.batch_size, n)
+    for i in range(0, n, b):
+      chunk = np.asarray(inputs[i : i + b])
+      valid = len(chunk)
+      if valid < b:
+        chunk = np.concatenate([chunk, np.zeros((b - valid, *chunk.shape[1:]), chunk.dtype)])
+      res = jax.device_get(fn(self.params, chunk))
+      out.append(jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], res))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *out)
+
+
+class Judge(Batched):
+  """A trained JudgeNet: `predict(images)` -> per-cell predictions, `features(images)` for FD.
+
+  `judge_images(images, arrays)` scores images against the scenes in `arrays` (their rows in
+  order); `relevance_key` names the score that measures task relevance (tokenizer selection).
+  """
+
+  relevance_key = "attribute_mean"
 
   def __init__(self, params, grid: int, widths, hidden: int, batch_size: int = 500):
     self.params = params
@@ -148,17 +175,7 @@ class Judge:
     self._logits = jax.jit(lambda p, x: self.net.apply({"params": p}, x))
 
   def _batched(self, fn, images):
-    out = []
-    n = len(images)
-    b = min(self.batch_size, n)
-    for i in range(0, n, b):
-      chunk = np.asarray(images[i : i + b], np.float32)
-      valid = len(chunk)
-      if valid < b:
-        chunk = np.concatenate([chunk, np.zeros((b - valid, *chunk.shape[1:]), np.float32)])
-      res = jax.device_get(fn(self.params, chunk))
-      out.append(jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], res))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *out)
+    return super()._batched(fn, np.asarray(images, np.float32))
 
   def predict(self, images) -> dict[str, np.ndarray]:
     shape, colour, size = self._batched(self._logits, images)
@@ -181,15 +198,27 @@ class Judge:
   def score(self, images, targets) -> dict:
     return score_predictions(self.predict(images), targets)
 
+  def judge_images(self, images, arrays) -> dict:
+    sub = {k: v[: len(images)] for k, v in arrays.items()}
+    return self.score(images, cell_targets(sub, self.num_cells))
+
   def save(self, path: str) -> None:
-    flat = {"/".join(k): np.asarray(v) for k, v in _flatten(jax.device_get(self.params)).items()}
-    np.savez(path, **flat)
+    save_params(path, self.params)
 
   @classmethod
   def load(cls, path: str, grid: int, widths, hidden: int) -> Judge:
-    with np.load(path) as f:
-      flat = {tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files}
-    return cls(_unflatten(flat), grid, widths, hidden)
+    return cls(load_params(path), grid, widths, hidden)
+
+
+def save_params(path: str, params) -> None:
+  """A parameter tree as one .npz, keys 'module/sub/param' (small models of this method)."""
+  flat = {"/".join(k): np.asarray(v) for k, v in _flatten(jax.device_get(params)).items()}
+  np.savez(path, **flat)
+
+
+def load_params(path: str):
+  with np.load(path) as f:
+    return _unflatten({tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files})
 
 
 def _flatten(tree, prefix=()):

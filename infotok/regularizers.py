@@ -13,7 +13,9 @@ With X the image, Z the (quantized) tokens and Y the caption:
 
 The caption embedding for HSIC is fixed and parameter-free: the flattened one-hot of the caption's
 token ids (`caption_onehot`), so ||y_i - y_j||^2 = 2 x (number of differing tokens) and the
-kernel sees which words bind to which object. The InfoNCE / CLIP terms use a small learned text
+kernel sees which words bind to which object. The kernel is computed from those distances
+(`caption_sq_dists`), never from the one-hot itself, which would be L x V floats per caption
+(1.6M for GPT-2's vocabulary). The InfoNCE / CLIP terms use a small learned text
 encoder (`TextEncoder`, in tokenizer.py) as critic.
 """
 
@@ -35,12 +37,18 @@ def caption_onehot(ids_BxL: jax.Array, vocab_size: int) -> jax.Array:
   return jax.nn.one_hot(ids_BxL, vocab_size, dtype=jnp.float32).reshape(ids_BxL.shape[0], -1)
 
 
+def caption_sq_dists(ids_BxL: jax.Array) -> jax.Array:
+  """||onehot(y_i) - onehot(y_j)||^2 = 2 x the number of positions where captions differ."""
+  return 2.0 * jnp.sum(ids_BxL[:, None, :] != ids_BxL[None, :, :], axis=-1).astype(jnp.float32)
+
+
 def hsic_bottleneck(
-  x_BxF: jax.Array, z_BxF: jax.Array, y_BxE: jax.Array, beta_x, lambda_y
+  x_BxF: jax.Array, z_BxF: jax.Array, caption_BxL: jax.Array, beta_x, lambda_y
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """beta_x HSIC(X, Z) - lambda_y HSIC(Z, Y); returns (term, {'hsic_xz', 'hsic_zy'})."""
+  """beta_x HSIC(X, Z) - lambda_y HSIC(Z, Y), Y the one-hot caption; returns (term, {'hsic_xz',
+  'hsic_zy'})."""
   hsic_xz = mi.hsic(x_BxF, z_BxF)
-  hsic_zy = mi.hsic(z_BxF, y_BxE)
+  hsic_zy = mi.hsic_from_sq_dists(mi.pairwise_sq_dists(z_BxF), caption_sq_dists(caption_BxL))
   return beta_x * hsic_xz - lambda_y * hsic_zy, {"hsic_xz": hsic_xz, "hsic_zy": hsic_zy}
 
 

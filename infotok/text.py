@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -81,25 +83,50 @@ def make_tokenizer(cfg, vocab: Sequence[str] | None, workdir: str):
   return load_pretrained(cfg.tokenizer)
 
 
-def encode(tokenizer, texts: Sequence[str], length: int) -> np.ndarray:
-  """Texts -> int32 [N, length] ids, <bos> text <eos> then padding; too long is an error."""
-  out = tokenizer(list(texts), padding="max_length", truncation=False, max_length=length)
-  ids = out["input_ids"]
-  too_long = [t for t, row in zip(texts, ids, strict=True) if len(row) > length]
-  if too_long:
-    raise ConfigError(f"text {too_long[0]!r} needs more than {length} tokens; raise text lengths")
-  return np.asarray(ids, np.int32)
+def encode(tokenizer, texts: Sequence[str], length: int, truncate: bool = False) -> np.ndarray:
+  """Texts -> int32 [N, length] ids, <bos> text <eos> then padding.
+
+  The specials are placed here, not by the tokenizer's template, so tokenizers without one (GPT-2
+  adds neither) give the same layout. Too long is an error unless `truncate` (then the text is cut
+  and still ends in <eos>).
+  """
+  ids = special_ids(tokenizer)
+  body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+  out = np.full((len(body), length), ids["pad"], np.int32)
+  for i, (text, row) in enumerate(zip(texts, body, strict=True)):
+    if len(row) + 2 > length:
+      if not truncate:
+        raise ConfigError(f"text {text!r} needs more than {length} tokens; raise text lengths")
+      row = row[: length - 2]
+    out[i, : len(row) + 2] = [ids["bos"], *row, ids["eos"]]
+  return out
 
 
 def decode(tokenizer, ids: np.ndarray) -> list[str]:
-  """Ids [N, L] -> texts, cut at the first <eos>, specials dropped."""
-  eos = tokenizer.eos_token_id
+  """Ids [N, L] -> texts: a leading <bos> skipped, cut at the first <eos>, specials dropped."""
+  sp = special_ids(tokenizer)
   texts = []
   for row in np.asarray(ids).tolist():
-    if eos in row:
-      row = row[: row.index(eos)]
+    if row and row[0] == sp["bos"]:
+      row = row[1:]
+    if sp["eos"] in row:
+      row = row[: row.index(sp["eos"])]
     texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
   return texts
+
+
+def normalize(text: str) -> str:
+  """Natural captions -> lower-case words and punctuation separated by single spaces."""
+  return " ".join(re.findall(r"[a-z0-9']+|[^\sa-z0-9']", text.lower()))
+
+
+def caption_vocab(texts: Sequence[str], min_count: int = 1, max_size: int = 0) -> list[str]:
+  """The specials, then the words of normalized `texts` seen at least `min_count` times, most
+  frequent first (ties alphabetical), at most `max_size` words in all (0: no limit)."""
+  counts = Counter(w for t in texts for w in normalize(t).split())
+  words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+  vocab = [*SPECIALS.values(), *(w for w in words if w not in SPECIALS.values())]
+  return vocab[:max_size] if max_size else vocab
 
 
 def special_ids(tokenizer) -> dict[str, int]:

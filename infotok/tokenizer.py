@@ -230,7 +230,7 @@ def objective(
   hsic_term, hsic_parts = reg.hsic_bottleneck(
     batch["image"].reshape(b, -1),
     out["zq"].reshape(b, -1),
-    reg.caption_onehot(batch["caption"], model.text_vocab_size),
+    batch["caption"],
     w["hsic_beta_x"],
     w["hsic_lambda_y"],
   )

@@ -13,6 +13,10 @@ Stages, each resumable (a finished one is read back from its `result.json`):
   4. per style x variant a unified model on the frozen tokenizer's codes (`unified/<style>_<v>/`),
      all with the same data and steps; understanding and generation on test and held-out;
   5. the information-plane plot, sample grids, the summary table (`summary.md`).
+
+On an image-caption set (`paper`: a TFDS set such as coco_captions) the data, the judge and the
+understanding / generation metrics come from `infotok.captions` (no attributes, questions or
+held-out combinations there); the stages are the same.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 import jax
 import numpy as np
 
+from infotok import captions as cap_lib
 from infotok import evaluate as ev
 from infotok import judge as judge_lib
 from infotok import text as text_lib
@@ -33,7 +38,7 @@ from infotok import unified as uni
 from shared import app, report, train_lib
 from shared import data as data_lib
 from shared.data import shapes
-from shared.errors import ConfigError, DataError
+from shared.errors import ConfigError
 
 VARIANTS = ("baseline", "entropy", "infotok_vib", "infotok_hsic")
 SPLITS = ("train", "val", "test", "heldout")
@@ -44,13 +49,9 @@ SPLITS = ("train", "val", "test", "heldout")
 
 
 def load_data(cfg) -> tuple[dict[str, dict], dict]:
-  """All splits of the data set with per-object attributes, and its info."""
-  if cfg.name != "shapes":
-    raise DataError(
-      f"data.name={cfg.name!r}: InfoTok needs captions and per-object attributes; the TFDS "
-      "loader (shared/data/tfds_source.py) keeps numeric features only, so image-caption sets "
-      "such as tfds:coco_captions need it to keep text features first (see docs/infotok.md)"
-    )
+  """All splits of the data set (with per-object attributes on `shapes`), and its info."""
+  if cap_lib.is_caption_set(cfg):
+    return cap_lib.load_data(cfg)
   options = dict(
     resolution=cfg.resolution,
     grid=cfg.grid,
@@ -66,6 +67,20 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
   data_dir = cfg.data_dir or None
   splits = {s: data_lib.load(cfg.name, s, data_dir=data_dir, **options) for s in SPLITS}
   return splits, data_lib.info(cfg.name, data_dir=data_dir, **options)
+
+
+def make_text(config, splits: dict, info: dict, workdir: str):
+  """The text tokenizer, and the splits' text as ids ('caption_ids', on `shapes` also
+  'question_ids', 'answer_ids')."""
+  caption_set = cap_lib.is_caption_set(config.data)
+  word_level = config.text.tokenizer == "word_level"
+  vocab = cap_lib.vocabulary(splits, config.text) if caption_set and word_level else None
+  text_tok = text_lib.make_tokenizer(config.text, vocab or info.get("vocab"), workdir)
+  if caption_set:
+    cap_lib.add_text_ids(splits, text_tok, config.text, word_level)
+  else:
+    add_text_ids(splits, text_tok, config.text)
+  return text_tok
 
 
 def add_text_ids(splits: dict, text_tok, cfg) -> None:
@@ -119,6 +134,9 @@ class Pipeline:
     self.text_tok = text_tok
     self.judge = judge
     self.grid = info["grid"]
+    self.caption_set = cap_lib.is_caption_set(config.data)
+    self.split_names = cap_lib.SPLITS if self.caption_set else SPLITS
+    self.eval_splits = ("test",) if self.caption_set else ("test", "heldout")
     self.mesh = train_lib.make_mesh(config.run.model_axis)
     self.tok = tok_lib.TokenizerTrainer(
       config.tokenizer,
@@ -129,13 +147,19 @@ class Pipeline:
     )
     n_tokens = self.tok.grid(info["image_shape"][0]) ** 2
     ids = text_lib.special_ids(text_tok)
+    qa = not self.caption_set  # image-caption sets have no question-answer pairs
+    if not qa and config.unified.task_fractions[2] > 0:
+      raise ConfigError(
+        f"unified.task_fractions={tuple(config.unified.task_fractions)}: {config.data.name} has "
+        "no questions; set the vqa fraction (the third) to 0"
+      )
     self.layout = uni.Layout(
       text_vocab=len(text_tok),
       num_codes=self.tok.num_codes,
       num_image_tokens=n_tokens,
       caption_len=config.text.caption_len,
-      question_len=config.text.question_len,
-      answer_len=config.text.answer_len,
+      question_len=config.text.question_len if qa else 0,
+      answer_len=config.text.answer_len if qa else 0,
       pad_id=ids["pad"],
       bos_id=ids["bos"],
       eos_id=ids["eos"],
@@ -171,23 +195,21 @@ class Pipeline:
     )
     n = cfg.eval.num_recon
     result = {"name": name, "weights": weights}
-    for split in ("val", "test", "heldout"):
-      metrics, recon = ev.reconstruction(
-        self.tok, params, self.splits[split], self.judge, self.grid, n
-      )
+    for split in ("val", *self.eval_splits):
+      metrics, recon = ev.reconstruction(self.tok, params, self.splits[split], self.judge, n)
       result[split] = metrics
       if split == "test":
         np.save(os.path.join(sub, "recon_test.npy"), recon[: cfg.eval.grid_samples])
-    tokens = {s: self.tok.tokens(params, self.splits[s]["image"]) for s in SPLITS}
+    tokens = {s: self.tok.tokens(params, self.splits[s]["image"]) for s in self.split_names}
     if jax.process_index() == 0:
       np.savez(tokens_path, **tokens)
-      _save_params(os.path.join(sub, "params.npz"), params)
+      judge_lib.save_params(os.path.join(sub, "params.npz"), params)
     tok_lib.log_summary(name, result["val"])
     _write(os.path.join(sub, "result.json"), result)
     return result
 
   def tokenizer_params(self, seed_dir: str, name: str):
-    return _load_params(os.path.join(seed_dir, "tokenizers", name, "params.npz"))
+    return judge_lib.load_params(os.path.join(seed_dir, "tokenizers", name, "params.npz"))
 
   def tokens(self, seed_dir: str, name: str) -> dict[str, np.ndarray]:
     with np.load(os.path.join(seed_dir, "tokenizers", name, "tokens.npz")) as f:
@@ -210,12 +232,9 @@ class Pipeline:
     trainer = self.trainer(style)
     tokens = self.tokens(seed_dir, tok_name)
     train = self.splits["train"]
-    arrays = {
-      "image_tokens": tokens["train"],
-      "caption": train["caption_ids"],
-      "question": train["question_ids"],
-      "answer": train["answer_ids"],
-    }
+    arrays = {"image_tokens": tokens["train"], "caption": train["caption_ids"]}
+    if not self.caption_set:
+      arrays.update(question=train["question_ids"], answer=train["answer_ids"])
     stage = f"unified/{style}_{variant}"
     params = self._timed(stage, lambda: trainer.train(sub, self.workdir, stage, arrays, seed))
     tok_params = self.tokenizer_params(seed_dir, tok_name)
@@ -223,39 +242,27 @@ class Pipeline:
     n = cfg.eval.num_examples
     key = jax.random.key(seed + 1000)
     start = time.time()
-    for split in ("test", "heldout"):
+    for split in self.eval_splits:
       arrays_s = self.splits[split]
-      und = ev.understanding(trainer, params, tokens[split], arrays_s, self.text_tok, self.grid, n)
+      und = ev.understanding(
+        trainer, params, tokens[split], arrays_s, self.text_tok, self.grid, n, self.judge
+      )
       gen, images = ev.generation(
-        trainer, params, self.tok, tok_params, arrays_s, self.judge, key, n, self.grid
+        trainer, params, self.tok, tok_params, arrays_s, self.judge, key, n
       )
       result[split] = {**und, **gen}
       if split == "test" and jax.process_index() == 0:
         np.save(os.path.join(sub, "generated_test.npy"), images[: cfg.eval.grid_samples])
     self.stage_seconds[f"eval/{style}_{variant}"] = round(time.time() - start, 2)
+    row = _row(result, {"test": {}}, self.caption_set)
     logging.info(
-      "%s/%s: vqa %.3f / %.3f, caption attr %.3f / %.3f, gen attr %.3f / %.3f (test / heldout)",
+      "%s/%s: %s",
       style,
       variant,
-      result["test"]["vqa_accuracy"],
-      result["heldout"]["vqa_accuracy"],
-      result["test"]["caption_attribute_mean"],
-      result["heldout"]["caption_attribute_mean"],
-      result["test"]["gen_attribute_mean"],
-      result["heldout"]["gen_attribute_mean"],
+      ", ".join(f"{k} {row[k]:.3f}" for k in headline(self.caption_set) if k in row),
     )
     _write(os.path.join(sub, "result.json"), result)
     return result
-
-
-def _save_params(path, params):
-  flat = {"/".join(k): np.asarray(v) for k, v in judge_lib._flatten(params).items()}
-  np.savez(path, **flat)
-
-
-def _load_params(path):
-  with np.load(path) as f:
-    return judge_lib._unflatten({tuple(k.split("/")): np.asarray(f[k]) for k in f.files})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,6 +298,7 @@ def run_seed(pipe: Pipeline, seed: int, seed_dir: str) -> dict:
       {"InfoTok-VIB (beta)": vib_points, "InfoTok-HSIC (beta_x)": hsic_points},
       {"baseline": results["baseline"]["val"], "entropy loss": results["entropy"]["val"]},
       os.path.join(seed_dir, "information_plane.png"),
+      "judge R-precision of reconstructions" if pipe.caption_set else "judge accuracy on recon.",
     )
   # Semantic-aligned tokenizers: each chosen variant plus the image-text contrastive term.
   semantic = {}
@@ -304,28 +312,47 @@ def run_seed(pipe: Pipeline, seed: int, seed_dir: str) -> dict:
     for variant in config.variants:
       tok_name = semantic[variant] if style == "semantic" else chosen[variant]
       res = pipe.unified_run(seed_dir, style, variant, tok_name, seed)
-      rows.append(_row(res, results[tok_name]))
+      rows.append(_row(res, results[tok_name], pipe.caption_set))
   if jax.process_index() == 0:
     figures.update(_grids(pipe, seed_dir, chosen, semantic))
   return {"rows": rows, "chosen": chosen, "tokenizers": results, "figures": figures}
 
 
-def _row(res: dict, tok: dict) -> dict:
-  """One flat table row: style, variant, seed, headline metrics (test and held-out)."""
+# Row name -> metric name of the unified result, per kind of data set.
+ROW_METRICS = {
+  False: {
+    "und_vqa": "vqa_accuracy",
+    "und_caption_attr": "caption_attribute_mean",
+    "und_caption_exact": "caption_exact",
+    "gen_attr": "gen_attribute_mean",
+    "gen_all_correct": "gen_all_correct",
+    "gen_fd": "gen_fd",
+  },
+  True: {
+    "und_bleu4": "caption_bleu4",
+    "und_caption_rprec": "caption_r_precision",
+    "gen_rprec": "gen_r_precision",
+    "gen_clip_score": "gen_clip_score",
+    "gen_fd": "gen_fd",
+  },
+}
+TOKENIZER_METRICS = {
+  "tok_psnr_image": "psnr_image",
+  "tok_psnr_clean": "psnr_clean",
+  "tok_relevance": "relevance",
+  "tok_rate_nats": "rate_nats",
+  "tok_perplexity": "code_perplexity",
+}
+
+
+def _row(res: dict, tok: dict, caption_set: bool = False) -> dict:
+  """One flat table row: style, variant, seed, headline metrics (test and, on shapes, held-out)."""
   row = {"style": res["style"], "variant": res["variant"], "seed": res["seed"]}
-  for split in ("test", "heldout"):
-    m = res[split]
-    row[f"und_vqa_{split}"] = m["vqa_accuracy"]
-    row[f"und_caption_attr_{split}"] = m["caption_attribute_mean"]
-    row[f"und_caption_exact_{split}"] = m["caption_exact"]
-    row[f"gen_attr_{split}"] = m["gen_attribute_mean"]
-    row[f"gen_all_correct_{split}"] = m["gen_all_correct"]
-    row[f"gen_fd_{split}"] = m["gen_fd"]
-  row["tok_psnr_image"] = tok["test"]["psnr_image"]
-  row["tok_psnr_clean"] = tok["test"]["psnr_clean"]
-  row["tok_relevance"] = tok["test"]["relevance"]
-  row["tok_rate_nats"] = tok["test"].get("rate_nats", float("nan"))
-  row["tok_perplexity"] = tok["test"].get("code_perplexity", float("nan"))
+  for split in ("test",) if caption_set else ("test", "heldout"):
+    for name, metric in ROW_METRICS[caption_set].items():
+      row[f"{name}_{split}"] = res[split][metric]
+  for name, metric in TOKENIZER_METRICS.items():
+    row[name] = tok["test"].get(metric, float("nan"))
   return row
 
 
@@ -366,6 +393,17 @@ HEADLINE = (
   "gen_all_correct_test",
   "gen_all_correct_heldout",
 )
+CAPTION_HEADLINE = (
+  "und_bleu4_test",
+  "und_caption_rprec_test",
+  "gen_rprec_test",
+  "gen_clip_score_test",
+  "gen_fd_test",
+)
+
+
+def headline(caption_set: bool) -> tuple[str, ...]:
+  return CAPTION_HEADLINE if caption_set else HEADLINE
 
 
 def summary_table(rows: list[dict], metrics=HEADLINE) -> str:
@@ -385,10 +423,71 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if style not in uni.STYLES:
       raise ConfigError(f"unknown unified style {style!r}; known: {uni.STYLES}")
   splits, info = load_data(config.data)
-  text_tok = text_lib.make_tokenizer(config.text, info.get("vocab"), workdir)
-  add_text_ids(splits, text_tok, config.text)
+  text_tok = make_text(config, splits, info, workdir)
   t_judge = time.time()
   judge_dir = os.path.join(workdir, "judge")
+  if cap_lib.is_caption_set(config.data):
+    judge = cap_lib.train_judge(
+      config.judge, splits["train"], len(text_tok), config.text.caption_len, config.seed, judge_dir
+    )
+    ceiling = {"test_image": judge.judge_images(splits["test"]["image"], splits["test"])}
+    judge_min = ceiling["test_image"]["r_precision"]
+    logging.info(
+      "retrieval judge ceiling on real test pairs: R-precision %.4f (chance %.4f), cosine %.4f",
+      judge_min,
+      1.0 / min(config.judge.group, len(splits["test"]["image"])),
+      ceiling["test_image"]["clip_score"],
+    )
+  else:
+    judge, ceiling = _attribute_judge(config, splits, info, judge_dir)
+    judge_min = min(
+      ceiling["test_clean"]["attribute_mean"], ceiling["test_image"]["attribute_mean"]
+    )
+  judge_seconds = round(time.time() - t_judge, 2)
+  judge_ok = bool(judge_min >= config.judge.min_accuracy)
+  if not judge_ok:
+    logging.warning(
+      "the judge scores %.4f on real test images, below judge.min_accuracy=%.2f: its generation "
+      "scores are a weak test (results.json records judge_ok=false); train it longer "
+      "(judge.steps) or use more scenes",
+      judge_min,
+      config.judge.min_accuracy,
+    )
+  rows, per_seed = [], {}
+  pipe = Pipeline(config, workdir, splits, info, text_tok, judge)  # compiled once for all seeds
+  for seed in config.seeds:
+    seed_dir = workdir if len(config.seeds) == 1 else os.path.join(workdir, f"seed_{seed}")
+    pipe.stage_seconds = {}
+    out = run_seed(pipe, seed, seed_dir)
+    rows += out["rows"]
+    per_seed[str(seed)] = {
+      "chosen": out["chosen"],
+      "tokenizers": {
+        k: {s: _scalars(v[s]) for s in ("val", "test")} for k, v in out["tokenizers"].items()
+      },
+      "figures": {k: os.path.relpath(v, workdir) for k, v in out["figures"].items()},
+      "stage_seconds": pipe.stage_seconds,
+    }
+  table = summary_table(rows, headline(cap_lib.is_caption_set(config.data)))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.md"), "w") as f:
+      title = f"# InfoTok summary ({config.variant}, seeds {list(config.seeds)})"
+      warn = "" if judge_ok else f"**judge below {config.judge.min_accuracy}: {judge_min:.4f}**\n\n"
+      f.write(f"{title}\n\n{warn}{table}\n")
+  logging.info("summary:\n%s", table)
+  return {
+    "judge_ceiling": {k: _scalars(v) for k, v in ceiling.items()},
+    "judge_ceiling_min_attribute": judge_min,
+    "judge_ok": judge_ok,
+    "judge_seconds": judge_seconds,
+    "rows": rows,
+    "per_seed": per_seed,
+    "total_seconds": round(time.time() - start, 2),
+  }
+
+
+def _attribute_judge(config, splits, info, judge_dir):
+  """The attribute judge of `shapes` (trained on fresh renders) and its ceiling per split/field."""
   if config.judge.num_scenes and not os.path.exists(os.path.join(judge_dir, "judge.npz")):
     d = config.data
     judge_train = judge_lib.render_scenes(
@@ -405,10 +504,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   judge = judge_lib.train_judge(config.judge, judge_train, info["grid"], config.seed, judge_dir)
   ceiling = {}
   for split in ("test", "heldout"):
-    targets = judge_lib.cell_targets(splits[split], info["grid"] ** 2)
     for field in ("clean", "image"):
-      ceiling[f"{split}_{field}"] = judge.score(splits[split][field], targets)
-  judge_seconds = round(time.time() - t_judge, 2)
+      ceiling[f"{split}_{field}"] = judge.judge_images(splits[split][field], splits[split])
   logging.info(
     "judge ceiling (attribute mean / all correct) on real test renders: clean %.4f / %.4f, "
     "image %.4f / %.4f",
@@ -417,36 +514,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ceiling["test_image"]["attribute_mean"],
     ceiling["test_image"]["all_correct"],
   )
-  rows, per_seed = [], {}
-  pipe = Pipeline(config, workdir, splits, info, text_tok, judge)  # compiled once for all seeds
-  for seed in config.seeds:
-    seed_dir = workdir if len(config.seeds) == 1 else os.path.join(workdir, f"seed_{seed}")
-    pipe.stage_seconds = {}
-    out = run_seed(pipe, seed, seed_dir)
-    rows += out["rows"]
-    per_seed[str(seed)] = {
-      "chosen": out["chosen"],
-      "tokenizers": {
-        k: {s: _scalars(v[s]) for s in ("val", "test")} for k, v in out["tokenizers"].items()
-      },
-      "figures": {k: os.path.relpath(v, workdir) for k, v in out["figures"].items()},
-      "stage_seconds": pipe.stage_seconds,
-    }
-  table = summary_table(rows)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-      f.write(f"# InfoTok summary ({config.variant}, seeds {list(config.seeds)})\n\n{table}\n")
-  logging.info("summary:\n%s", table)
-  judge_min = min(ceiling["test_clean"]["attribute_mean"], ceiling["test_image"]["attribute_mean"])
-  return {
-    "judge_ceiling": {k: _scalars(v) for k, v in ceiling.items()},
-    "judge_ceiling_min_attribute": judge_min,
-    "judge_ok": bool(judge_min >= config.judge.min_accuracy),
-    "judge_seconds": judge_seconds,
-    "rows": rows,
-    "per_seed": per_seed,
-    "total_seconds": round(time.time() - start, 2),
-  }
+  return judge, ceiling
 
 
 def _scalars(d: dict) -> dict:

@@ -157,8 +157,8 @@ def mixed_batch(layout: Layout, raw: Mapping[str, np.ndarray], fractions) -> dic
       task,
       raw["image_tokens"][rows],
       raw["caption"][rows],
-      raw["question"][rows],
-      raw["answer"][rows],
+      raw["question"][rows] if "question" in raw else None,
+      raw["answer"][rows] if "answer" in raw else None,
     )
     seq["task"] = np.full((c,), task_id, np.int32)
     parts.append(seq)

@@ -1,11 +1,15 @@
-"""Evaluation metrics: accuracy, PSNR, SSIM, Frechet distance, face anti-spoofing (FAS) metrics.
+"""Evaluation metrics: accuracy, PSNR, SSIM, Frechet distance, face anti-spoofing (FAS) metrics,
+text (corpus BLEU) and image-text retrieval (R-precision).
 
 Image metrics (`ssim`, `psnr`) and accuracies are JAX functions (jit-able, batched). The FAS
-metrics and the Frechet distance are host-side float64 numpy: they sort, take matrix square roots
-and are evaluated once per evaluation, not inside a train step.
+metrics, the Frechet distance, BLEU and R-precision are host-side numpy: they sort, count n-grams,
+take matrix square roots and are evaluated once per evaluation, not inside a train step.
 """
 
+import math
 import warnings
+from collections import Counter
+from collections.abc import Sequence
 
 import dm_pix as pix
 import jax
@@ -329,3 +333,61 @@ def fas_metrics(scores, labels, threshold: float | None = None) -> dict[str, flo
     "tpr_at_fpr_1pct": float(np.max(tpr[fpr <= 0.01])),
     "threshold": float(threshold),
   }
+
+
+# ---------------------------------------------------------------------------------------------
+# Text and image-text retrieval
+
+
+def _ngrams(words: Sequence[str], n: int) -> Counter:
+  return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def corpus_bleu(
+  hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]], max_n: int = 4
+) -> float:
+  """Corpus-level BLEU-`max_n` (Papineni et al. 2002), in [0, 1]; words are lists of tokens.
+
+  Clipped n-gram counts summed over the corpus, uniform weights, no smoothing (0 when some order
+  has no match), brevity penalty against the reference length closest to each hypothesis (the
+  shorter on ties), as `nltk.translate.bleu_score.corpus_bleu` with its defaults.
+  """
+  if len(hypotheses) != len(references) or not hypotheses:
+    raise DataError(
+      f"corpus_bleu needs as many hypotheses as references, >0; got "
+      f"{len(hypotheses)} and {len(references)}"
+    )
+  matches, totals = [0] * max_n, [0] * max_n
+  hyp_len = ref_len = 0
+  for hyp, refs in zip(hypotheses, references, strict=True):
+    if not refs:
+      raise DataError("corpus_bleu: every hypothesis needs at least one reference")
+    hyp_len += len(hyp)
+    ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+    for n in range(1, max_n + 1):
+      counts = _ngrams(hyp, n)
+      best = Counter()
+      for r in refs:
+        best |= _ngrams(r, n)
+      matches[n - 1] += sum(min(c, best[g]) for g, c in counts.items())
+      totals[n - 1] += sum(counts.values())
+  if min(matches) == 0:
+    return 0.0
+  log_precision = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / max_n
+  brevity = 1.0 if hyp_len > ref_len else math.exp(1.0 - ref_len / max(hyp_len, 1))
+  return float(brevity * math.exp(log_precision))
+
+
+def r_precision(scores_NxN, group: int = 32) -> float:
+  """Top-1 retrieval accuracy of the matching item among `group` candidates (AttnGAN's R-precision
+  with R = 1): rows are queries, columns candidates, the match on the diagonal. The N items are
+  cut into consecutive groups of `group` (the last one smaller); chance is 1 / group.
+  """
+  s = np.asarray(scores_NxN, np.float64)
+  if s.ndim != 2 or s.shape[0] != s.shape[1] or len(s) < 2:
+    raise DataError(f"r_precision needs square scores with N >= 2, got {s.shape}")
+  hits = []
+  for i in range(0, len(s), group):
+    block = s[i : i + group, i : i + group]
+    hits.append(block.argmax(axis=1) == np.arange(len(block)))
+  return float(np.mean(np.concatenate(hits)))

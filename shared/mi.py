@@ -203,7 +203,7 @@ def gaussian_log_ratio(x_NxD: jax.Array, y_MxD: jax.Array, rho: float | jax.Arra
   return -0.5 * d * jnp.log(one_m_r2) - sq_dist_NxM / (2 * one_m_r2) + 0.5 * y_sq_M[None, :]
 
 
-def _sq_dists(x_NxD: jax.Array) -> jax.Array:
+def pairwise_sq_dists(x_NxD: jax.Array) -> jax.Array:
   """Pairwise squared Euclidean distances, ||x_i - x_j||^2, clipped at 0 against round-off."""
   sq_N = jnp.sum(jnp.square(x_NxD), axis=-1)
   d_NxN = sq_N[:, None] + sq_N[None, :] - 2.0 * (x_NxD @ x_NxD.T)
@@ -224,8 +224,10 @@ def median_bandwidth(sq_dists_NxN: jax.Array) -> jax.Array:
 
 def _gaussian_gram(x_NxD: jax.Array, sigma: float | jax.Array | None) -> jax.Array:
   """K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)); sigma from the median heuristic when None."""
-  x_NxD = jnp.reshape(x_NxD, (x_NxD.shape[0], -1))
-  d_NxN = _sq_dists(x_NxD)
+  return _gram_from_sq_dists(pairwise_sq_dists(jnp.reshape(x_NxD, (x_NxD.shape[0], -1))), sigma)
+
+
+def _gram_from_sq_dists(d_NxN: jax.Array, sigma: float | jax.Array | None) -> jax.Array:
   if sigma is None:
     sigma = median_bandwidth(d_NxN)
   return jnp.exp(-d_NxN / (2.0 * jnp.square(sigma)))
@@ -264,9 +266,29 @@ def hsic(
   Returns:
     Scalar, >= 0; ~0 when x and y are independent.
   """
-  n = _check_pairs(x_NxD, y_NxE)
-  k_NxN = _gaussian_gram(x_NxD, sigma_x)
-  l_NxN = _gaussian_gram(y_NxE, sigma_y)
+  _check_pairs(x_NxD, y_NxE)
+  flat = lambda a: jnp.reshape(a, (a.shape[0], -1))
+  dx, dy = pairwise_sq_dists(flat(x_NxD)), pairwise_sq_dists(flat(y_NxE))
+  return hsic_from_sq_dists(dx, dy, sigma_x, sigma_y)
+
+
+def hsic_from_sq_dists(
+  sq_dists_x_NxN: jax.Array,
+  sq_dists_y_NxN: jax.Array,
+  sigma_x: float | jax.Array | None = None,
+  sigma_y: float | jax.Array | None = None,
+) -> jax.Array:
+  """`hsic` from pairwise squared distances, for inputs whose features are too large to hold
+  (e.g. the one-hot of a caption over a 50k-word vocabulary, whose distances are 2 x the number
+  of differing tokens). Same kernels, bandwidths and estimator as `hsic`."""
+  n = sq_dists_x_NxN.shape[0]
+  if sq_dists_x_NxN.shape != (n, n) or sq_dists_y_NxN.shape != (n, n) or n < 2:
+    raise DataError(
+      f"hsic_from_sq_dists needs two (N, N) matrices, N >= 2; got "
+      f"{sq_dists_x_NxN.shape}, {sq_dists_y_NxN.shape}"
+    )
+  k_NxN = _gram_from_sq_dists(sq_dists_x_NxN, sigma_x)
+  l_NxN = _gram_from_sq_dists(sq_dists_y_NxN, sigma_y)
   return jnp.sum(_center(k_NxN) * l_NxN) / (n - 1) ** 2
 
 

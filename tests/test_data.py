@@ -417,6 +417,25 @@ def test_tfds_under_mock_data(tmp_path, monkeypatch):
     data.load("tfds:mnist", "train", shuffle_seed=1)
 
 
+def test_tfds_keeps_named_features_and_text(tmp_path):
+  """coco_captions has ragged boxes and 5+ captions per image: `features` keeps the image and
+  the captions (joined by TEXT_SEPARATOR) and drops the rest before batching."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from shared.data import tfds_source
+
+  opts = dict(data_dir=str(tmp_path), image_size=16, process_index=0, process_count=1)
+  with tfds.testing.mock_data(num_examples=5):
+    arrays = data.load("tfds:coco_captions", "val", features=("image", "captions/text"), **opts)
+    raw = tfds.load("coco_captions", split="val", data_dir=str(tmp_path))
+    first = [t.decode() for t in next(iter(tfds.as_numpy(raw)))["captions"]["text"]]
+    with pytest.raises(DataError, match=r"no features \['caption'\].*captions/text"):
+      data.load("tfds:coco_captions", "val", features=("image", "caption"), **opts)
+  assert set(arrays) == {"image", "captions/text"}
+  assert arrays["image"].shape == (5, 16, 16, 3)
+  assert arrays["captions/text"].dtype.kind == "U"
+  assert arrays["captions/text"][0].split(tfds_source.TEXT_SEPARATOR) == first
+
+
 def test_import_without_tensorflow(tmp_path):
   script = textwrap.dedent(
     """

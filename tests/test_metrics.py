@@ -1,5 +1,7 @@
 """shared.metrics against scikit-learn, scikit-image, scipy and closed forms."""
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -246,3 +248,35 @@ def test_feature_stats_streaming_matches_numpy_and_merges(tmp_path):
     metrics.FeatureStats.load(tmp_path / "missing.npz")
   with pytest.raises(DataError):
     _ = metrics.FeatureStats().mean
+
+
+# Text and retrieval.
+
+
+def test_corpus_bleu_matches_nltk():
+  bleu = pytest.importorskip("nltk.translate.bleu_score")
+  rng = np.random.default_rng(0)
+  words = list("abcd")
+  for _ in range(50):
+    # Hypotheses of >= 4 words: nltk counts an empty n-gram set as 0 / 1, not 0 / 0.
+    hyps = [list(rng.choice(words, rng.integers(4, 12))) for _ in range(rng.integers(1, 6))]
+    refs = [[list(rng.choice(words, rng.integers(1, 12))) for _ in range(3)] for _ in hyps]
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # nltk warns when an order has no match
+      expected = bleu.corpus_bleu(refs, hyps)
+    assert metrics.corpus_bleu(hyps, refs) == pytest.approx(expected, abs=1e-12)
+  same = [["a", "man", "rides", "a", "horse"]]
+  assert metrics.corpus_bleu(same, [same]) == pytest.approx(1.0)
+  with pytest.raises(DataError):
+    metrics.corpus_bleu(same, [])
+
+
+def test_r_precision():
+  eye = np.eye(70)
+  assert metrics.r_precision(eye, group=32) == 1.0
+  assert metrics.r_precision(-eye, group=32) == 0.0
+  rng = np.random.default_rng(0)
+  chance = metrics.r_precision(rng.normal(size=(3200, 3200)), group=32)
+  assert abs(chance - 1 / 32) < 0.01
+  with pytest.raises(DataError):
+    metrics.r_precision(np.ones((3, 2)))

@@ -209,6 +209,15 @@ def test_hsic_matches_numpy_reference():
   np.testing.assert_allclose(_hsic_and_nhsic(x, y)[0], _numpy_hsic(x, y), rtol=1e-4)
 
 
+def test_hsic_from_sq_dists_equals_hsic():
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(12, 4)), rng.normal(size=(12, 7))
+  from_dists = mi.hsic_from_sq_dists(mi.pairwise_sq_dists(x), mi.pairwise_sq_dists(y))
+  np.testing.assert_allclose(from_dists, mi.hsic(x, y), rtol=1e-6)
+  with pytest.raises(DataError):
+    mi.hsic_from_sq_dists(jnp.zeros((3, 3)), jnp.zeros((4, 4)))
+
+
 def test_hsic_near_zero_when_independent_and_grows_with_dependence():
   n, dim = 300, 2
   rng = np.random.default_rng(0)
@@ -233,7 +242,7 @@ def test_hsic_bandwidth_has_no_gradient_and_gradient_is_finite():
   def grads(x):
     # With a fixed bandwidth equal to the median, the gradient must be the same: the median
     # heuristic's bandwidth is held constant.
-    sigma = mi.median_bandwidth(mi._sq_dists(x))
+    sigma = mi.median_bandwidth(mi.pairwise_sq_dists(x))
     return jax.grad(lambda x: mi.hsic(x, y))(x), jax.grad(lambda x: mi.hsic(x, y, sigma))(x)
 
   grad, grad_fixed = grads(x)

@@ -15,8 +15,9 @@ import numpy as np
 from shared.data.registry import Split
 from shared.errors import DataError
 
-OPTIONS = ("image_size", "label_key", "process_index", "process_count")
+OPTIONS = ("image_size", "label_key", "features", "process_index", "process_count")
 READ_BATCH = 1024
+TEXT_SEPARATOR = "\n"  # joins a sequence of strings (e.g. the 5 captions of a COCO image)
 
 
 def load(
@@ -26,18 +27,24 @@ def load(
   data_dir: str | None = None,
   image_size: int | tuple[int, int] | None = None,
   label_key: str = "label",
+  features: tuple[str, ...] | None = None,
   process_index: int | None = None,
   process_count: int | None = None,
 ) -> Split:
   """This process's part of `split` of TFDS set `name` ('cifar10' or 'cifar10:3.0.2').
 
-  Features come back flattened ('attributes/Smiling'), numeric ones only (ids and other strings
-  are dropped): images uint8 NHWC (float32 in [0, 1] after `shared.data.load`), `label_key` as
-  int32 'label'. Files are read in order, so the same split gives the same arrays every time.
+  Features come back flattened ('attributes/Smiling'): images uint8 NHWC (float32 in [0, 1]
+  after `shared.data.load`), `label_key` as int32 'label'. Without `features`, numeric features
+  only (ids and other strings are dropped). Files are read in order, so the same split gives the
+  same arrays every time.
 
   Args:
     image_size: resize images (anti-aliased) to this size; needed where their sizes vary.
     label_key: the feature to serve as 'label' (e.g. 'coarse_label' of cifar100).
+    features: keep exactly these (flattened) features, text included, and drop the rest before
+      batching, so sets with ragged features (COCO's boxes) load: ('image', 'captions/text').
+      Strings come back as a numpy str array; a sequence of strings per example (COCO's 5
+      captions) as one string joined by TEXT_SEPARATOR.
     process_index, process_count: default to jax's; passed to `tfds.split_for_jax_process`.
   """
   tf, tfds = _import_tfds()
@@ -52,12 +59,18 @@ def load(
       split, process_index=process_index, process_count=process_count
     )
     ds = tfds.load(name, split=local_split, data_dir=data_dir, shuffle_files=False)
+    if features:
+      available = sorted(_flatten_spec(ds.element_spec))
+      missing = [f for f in features if f not in available]
+      if missing:
+        raise DataError(f"{where} has no features {missing} (features: {available})")
+      ds = ds.map(lambda ex: _select(tf, ex, features))
     if image_size is not None:
       ds = ds.map(lambda ex: {**ex, "image": _resize(tf, ex["image"], image_size)})
     chunks = defaultdict(list)
     for batch in tfds.as_numpy(ds.batch(READ_BATCH)):
-      for key, value in _flatten(batch).items():
-        chunks[key].append(value)
+      for key, value in _flatten_spec(batch).items():
+        chunks[key].append(np.asarray(value))
     total = _num_examples(tfds, name, split, data_dir)
   except DataError:
     raise
@@ -65,7 +78,10 @@ def load(
     raise DataError(f"cannot load {where}: {type(e).__name__}: {_first_line(e)}") from None
   if not chunks:
     raise DataError(f"{where} is empty (0 examples on process {process_index})")
-  arrays = Split({k: np.concatenate(v) for k, v in chunks.items() if v[0].dtype.kind in "biuf"})
+  keep = "biuf" + ("SO" if features else "")
+  arrays = Split(
+    {k: _text(np.concatenate(v)) for k, v in chunks.items() if v[0].dtype.kind in keep}
+  )
   if label_key in arrays:
     arrays["label"] = arrays[label_key].astype(np.int32)
   elif label_key != "label":
@@ -132,6 +148,36 @@ def _num_examples(tfds, name: str, split: str, data_dir: str | None) -> int | No
     return None
 
 
+def _flatten_spec(tree: dict, prefix: str = "") -> dict:
+  """{'captions': {'text': x}} -> {'captions/text': x}, for tensors and their specs alike."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten_spec(value, f"{prefix}{key}/"))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _select(tf, example: dict, features: tuple[str, ...]) -> dict:
+  """The named (flattened) features of one example; string sequences joined into one string."""
+  flat = _flatten_spec(example)
+  out = {}
+  for f in features:
+    value = flat[f]
+    if value.dtype == tf.string and value.shape.rank == 1:
+      value = tf.strings.reduce_join(value, separator=TEXT_SEPARATOR)
+    out[f] = value
+  return out
+
+
+def _text(a: np.ndarray) -> np.ndarray:
+  """Byte strings (TFDS's text) -> a numpy str array; anything else unchanged."""
+  if a.dtype.kind in "SO":
+    return np.asarray([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a])
+  return a
+
+
 def _resize(tf, image, size):
   resized = tf.image.resize(image, _size_pair(size), antialias=True)
   return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
@@ -139,16 +185,6 @@ def _resize(tf, image, size):
 
 def _size_pair(size: int | tuple[int, int]) -> tuple[int, int]:
   return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}/"))
-    else:
-      out[f"{prefix}{key}"] = np.asarray(value)
-  return out
 
 
 def _first_line(e: Exception) -> str:
