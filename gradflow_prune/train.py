@@ -207,26 +207,26 @@ def pretrain_teacher(config, workdir, model_config, images01, tools, sched, mesh
   kit = _toolkit(tools, model_config, sched, config, mesh)
   params = unet.init_params(kit.model, config.seed)
   state, step = kit.make_state(params, pc.optimizer, pc.steps, jax.random.PRNGKey(config.seed))
-  ckpt = train_lib.Checkpointer(
-    os.path.join(workdir, "pretrain", "checkpoints"),
-    keep=config.run.keep_checkpoints,
-    every=config.run.checkpoint_every,
-  )
-  writer = train_lib.MetricWriter(workdir, stage="pretrain")
-  state = train_lib.train_loop(
-    state=state,
-    step_fn=step,
-    batches=_train_batches(images01, pc.batch_size, config.seed),
-    num_steps=pc.steps,
-    data_sharding=kit.data_sharding,
-    checkpointer=ckpt,
-    writer=writer,
-    log_every=config.run.log_every,
-    progress=config.run.progress,
-    stage="pretrain",
-  )
-  ckpt.close()
-  writer.close()
+  with (
+    train_lib.Checkpointer(
+      os.path.join(workdir, "pretrain", "checkpoints"),
+      keep=config.run.keep_checkpoints,
+      every=config.run.checkpoint_every,
+    ) as ckpt,
+    train_lib.MetricWriter(workdir, stage="pretrain") as writer,
+  ):
+    state = train_lib.train_loop(
+      state=state,
+      step_fn=step,
+      batches=_train_batches(images01, pc.batch_size, config.seed),
+      num_steps=pc.steps,
+      data_sharding=kit.data_sharding,
+      checkpointer=ckpt,
+      writer=writer,
+      log_every=config.run.log_every,
+      progress=config.run.progress,
+      stage="pretrain",
+    )
   return jax.device_get(state.ema_params if state.ema_params is not None else state.params)
 
 
@@ -474,114 +474,111 @@ def run_one(
   big = _toolkit(tools, t_cfg, sched, config, mesh)
   groups = surgery.channel_groups(t_cfg)
   score = _importance_fn(config, big, groups, data["train"], seed, sched)
-  writer = train_lib.MetricWriter(workdir, stage=label)
-  masks_path = os.path.join(rdir, "masks.npz")
-  info: dict = {}
-  interleaved = 0
-  big_params = t_params
-  if procedure == "oneshot":
-    if os.path.isfile(masks_path):
-      masks = _load_masks(masks_path)
+  with train_lib.MetricWriter(workdir, stage=label) as writer:
+    masks_path = os.path.join(rdir, "masks.npz")
+    info: dict = {}
+    interleaved = 0
+    big_params = t_params
+    if procedure == "oneshot":
+      if os.path.isfile(masks_path):
+        masks = _load_masks(masks_path)
+      else:
+        importance, info = score(criterion, t_params, groups.ones(), 0)
+        masks = surgery.masks_from_scores(groups, importance, keep_ratio)
+        _save_masks(masks_path, masks)
     else:
-      importance, info = score(criterion, t_params, groups.ones(), 0)
-      masks = surgery.masks_from_scores(groups, importance, keep_ratio)
-      _save_masks(masks_path, masks)
-  else:
-    fc = _flow_config(config, procedure)
-    interleaved = fc.iterations * fc.n_train
-    state, step = big.make_state(
-      t_params, pc.optimizer, interleaved, jax.random.PRNGKey(seed), masks=groups.ones()
-    )
-    params_path = os.path.join(rdir, "iterative_params.npz")
-    if os.path.isfile(masks_path) and os.path.isfile(params_path):
-      masks = _load_masks(masks_path)
-      with np.load(params_path) as f:
-        big_params = traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
-    else:
-      ckpt = train_lib.Checkpointer(os.path.join(rdir, "iterative"), keep=1, every=1)
-      state, done = ckpt.restore_or(state)
-      done = done or 0
-      if done:
-        logging.info("%s: resumed after flow iteration %d of %d", label, done, fc.iterations)
-      batches = _train_batches(data["train"], pc.batch_size, seed)
+      fc = _flow_config(config, procedure)
+      interleaved = fc.iterations * fc.n_train
+      state, step = big.make_state(
+        t_params, pc.optimizer, interleaved, jax.random.PRNGKey(seed), masks=groups.ones()
+      )
+      params_path = os.path.join(rdir, "iterative_params.npz")
+      if os.path.isfile(masks_path) and os.path.isfile(params_path):
+        masks = _load_masks(masks_path)
+        with np.load(params_path) as f:
+          big_params = traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
+      else:
+        with train_lib.Checkpointer(os.path.join(rdir, "iterative"), keep=1, every=1) as ckpt:
+          state, done = ckpt.restore_or(state)
+          done = done or 0
+          if done:
+            logging.info("%s: resumed after flow iteration %d of %d", label, done, fc.iterations)
+          batches = _train_batches(data["train"], pc.batch_size, seed)
 
-      masks_sharding = train_lib.replicated(mesh)
+          masks_sharding = train_lib.replicated(mesh)
 
-      def train(state, masks, k):
-        # Placed like the rest of the state, so the jitted step sees the same input types.
-        masks = jax.device_put(prune.soft_masks_as_jnp(masks), masks_sharding)
-        state = state.replace(model_state={"masks": masks})
-        return train_lib.train_loop(
+          def train(state, masks, k):
+            # Placed like the rest of the state, so the jitted step sees the same input types.
+            masks = jax.device_put(prune.soft_masks_as_jnp(masks), masks_sharding)
+            state = state.replace(model_state={"masks": masks})
+            return train_lib.train_loop(
+              state=state,
+              step_fn=step,
+              batches=batches,
+              num_steps=k * fc.n_train,
+              data_sharding=big.data_sharding,
+              writer=writer,
+              log_every=min(config.run.log_every, fc.n_train),
+              progress=False,
+              stage=f"{label}/flow",
+            )
+
+          def on_iteration(k, state, masks, row):
+            ckpt.save(k, state)
+            writer.write(int(state.step), {f"flow_{a}": b for a, b in row.items()})
+            logging.info(
+              "%s: iteration %d/%d sparsity %.3f energy %.4g -> %.4g, mean kept mask %.3f",
+              label, k, fc.iterations, row["sparsity"], row["energy_start"], row["energy_end"],
+              row["mean_mask_kept"],
+            )  # fmt: skip
+
+          masks, state, history = prune.iterative(
+            groups=groups,
+            criterion=criterion,
+            state=state,
+            params_of=lambda s: jax.device_get(s.params),
+            score=score,
+            removal=prune.removal_from_importance,
+            grad_fn=big.scorer.mask_grads,
+            flow_batch=lambda k: _score_batches(config, data["train"], seed, 1000 + k, sched)[0],
+            train=train,
+            keep_ratio=keep_ratio,
+            cfg=fc,
+            start=done,
+            masks={k: np.asarray(v) for k, v in jax.device_get(state.model_state["masks"]).items()},
+            on_iteration=on_iteration,
+          )
+        big_params = jax.device_get(state.params)
+        flat = traverse_util.flatten_dict(big_params, sep="/")
+        np.savez(params_path, **{k: np.asarray(v) for k, v in flat.items()})
+        _save_masks(masks_path, masks)
+        info = {"flow": history}
+
+    small_cfg, small_params = surgery.apply_masks(t_cfg, big_params, masks)
+    with open(os.path.join(rdir, "pruned_config.json"), "w") as f:
+      json.dump(small_cfg, f, indent=2)
+    finetune_steps = pc.total_steps - interleaved
+    small = _toolkit(tools, small_cfg, sched, config, mesh)
+    if finetune_steps > 0:
+      state, step = small.make_state(
+        small_params, pc.optimizer, finetune_steps, jax.random.PRNGKey(10_000 + seed)
+      )
+      with train_lib.Checkpointer(
+        os.path.join(rdir, "finetune"), keep=1, every=config.run.checkpoint_every
+      ) as ckpt:
+        state = train_lib.train_loop(
           state=state,
           step_fn=step,
-          batches=batches,
-          num_steps=k * fc.n_train,
-          data_sharding=big.data_sharding,
+          batches=_train_batches(data["train"], pc.batch_size, seed + 1),
+          num_steps=finetune_steps,
+          data_sharding=small.data_sharding,
+          checkpointer=ckpt,
           writer=writer,
-          log_every=min(config.run.log_every, fc.n_train),
-          progress=False,
-          stage=f"{label}/flow",
+          log_every=config.run.log_every,
+          progress=config.run.progress,
+          stage=f"{label}/finetune",
         )
-
-      def on_iteration(k, state, masks, row):
-        ckpt.save(k, state)
-        writer.write(int(state.step), {f"flow_{a}": b for a, b in row.items()})
-        logging.info(
-          "%s: iteration %d/%d sparsity %.3f energy %.4g -> %.4g, mean kept mask %.3f",
-          label, k, fc.iterations, row["sparsity"], row["energy_start"], row["energy_end"],
-          row["mean_mask_kept"],
-        )  # fmt: skip
-
-      masks, state, history = prune.iterative(
-        groups=groups,
-        criterion=criterion,
-        state=state,
-        params_of=lambda s: jax.device_get(s.params),
-        score=score,
-        removal=prune.removal_from_importance,
-        grad_fn=big.scorer.mask_grads,
-        flow_batch=lambda k: _score_batches(config, data["train"], seed, 1000 + k, sched)[0],
-        train=train,
-        keep_ratio=keep_ratio,
-        cfg=fc,
-        start=done,
-        masks={k: np.asarray(v) for k, v in jax.device_get(state.model_state["masks"]).items()},
-        on_iteration=on_iteration,
-      )
-      ckpt.close()
-      big_params = jax.device_get(state.params)
-      flat = traverse_util.flatten_dict(big_params, sep="/")
-      np.savez(params_path, **{k: np.asarray(v) for k, v in flat.items()})
-      _save_masks(masks_path, masks)
-      info = {"flow": history}
-
-  small_cfg, small_params = surgery.apply_masks(t_cfg, big_params, masks)
-  with open(os.path.join(rdir, "pruned_config.json"), "w") as f:
-    json.dump(small_cfg, f, indent=2)
-  finetune_steps = pc.total_steps - interleaved
-  small = _toolkit(tools, small_cfg, sched, config, mesh)
-  if finetune_steps > 0:
-    state, step = small.make_state(
-      small_params, pc.optimizer, finetune_steps, jax.random.PRNGKey(10_000 + seed)
-    )
-    ckpt = train_lib.Checkpointer(
-      os.path.join(rdir, "finetune"), keep=1, every=config.run.checkpoint_every
-    )
-    state = train_lib.train_loop(
-      state=state,
-      step_fn=step,
-      batches=_train_batches(data["train"], pc.batch_size, seed + 1),
-      num_steps=finetune_steps,
-      data_sharding=small.data_sharding,
-      checkpointer=ckpt,
-      writer=writer,
-      log_every=config.run.log_every,
-      progress=config.run.progress,
-      stage=f"{label}/finetune",
-    )
-    ckpt.close()
-    small_params = state.ema_params if state.ema_params is not None else state.params
-  writer.close()
+      small_params = state.ema_params if state.ema_params is not None else state.params
   row = {
     "label": label,
     "criterion": criterion,

@@ -250,42 +250,46 @@ class Search:
     )
     t0 = time.time()
     r, loss = start_round, jnp.nan
-    while r < cfg.max_rounds and not stopped:
-      rng = np.random.default_rng([self.batch_seed, r])
-      for _ in range(cfg.train_steps):
-        idx = rng.choice(self.n, self.batch, replace=False)
-        self.state, loss = self.p.train_step(self.state, self.images, self.labels, self.delta, idx)
-      feat_vars = ()
-      if self.kind == "dist":
-        feat_vars = tuple(
-          nets.init(m, jax.random.fold_in(jax.random.fold_in(self.k_feat, r), i), self.images[:2])
-          for i, m in enumerate(self.p.feat_modules)
-        )
-      for b, idx in enumerate(self._chunks(rng.permutation(self.n))):
-        key = jax.random.fold_in(jax.random.fold_in(self.k_pgd, r), b)
-        self.delta = self.p.sweep_batch(
-          self.delta,
-          self.images,
-          self.labels,
-          self.state.params,
-          self.state.model_state,
-          idx,
-          key,
-          feat_vars,
-          jnp.float32(self.eps),
-        )
-      r += 1
-      acc = self.accuracy() if self.kind == "em" else float("nan")
-      history.append(acc)
-      stopped = self.kind == "em" and acc >= cfg.stop_accuracy and r >= cfg.min_rounds
-      logging.info(
-        "%s search round %d/%d: surrogate loss %.4f, accuracy on x+delta %.4f (%.1fs)",
-        self.kind, r, cfg.max_rounds, float(loss), acc, time.time() - t0,
-      )  # fmt: skip
+    try:
+      while r < cfg.max_rounds and not stopped:
+        rng = np.random.default_rng([self.batch_seed, r])
+        for _ in range(cfg.train_steps):
+          idx = rng.choice(self.n, self.batch, replace=False)
+          self.state, loss = self.p.train_step(
+            self.state, self.images, self.labels, self.delta, idx
+          )
+        feat_vars = ()
+        if self.kind == "dist":
+          feat_vars = tuple(
+            nets.init(m, jax.random.fold_in(jax.random.fold_in(self.k_feat, r), i), self.images[:2])
+            for i, m in enumerate(self.p.feat_modules)
+          )
+        for b, idx in enumerate(self._chunks(rng.permutation(self.n))):
+          key = jax.random.fold_in(jax.random.fold_in(self.k_pgd, r), b)
+          self.delta = self.p.sweep_batch(
+            self.delta,
+            self.images,
+            self.labels,
+            self.state.params,
+            self.state.model_state,
+            idx,
+            key,
+            feat_vars,
+            jnp.float32(self.eps),
+          )
+        r += 1
+        acc = self.accuracy() if self.kind == "em" else float("nan")
+        history.append(acc)
+        stopped = self.kind == "em" and acc >= cfg.stop_accuracy and r >= cfg.min_rounds
+        logging.info(
+          "%s search round %d/%d: surrogate loss %.4f, accuracy on x+delta %.4f (%.1fs)",
+          self.kind, r, cfg.max_rounds, float(loss), acc, time.time() - t0,
+        )  # fmt: skip
+        if ckpt is not None:
+          ckpt.save(r, {"state": self.state, "delta": self.delta, "acc": jnp.asarray(acc)})
+    finally:  # closed also when a round fails (NaN, SIGTERM)
       if ckpt is not None:
-        ckpt.save(r, {"state": self.state, "delta": self.delta, "acc": jnp.asarray(acc)})
-    if ckpt is not None:
-      ckpt.close()
+        ckpt.close()
     delta = self.delta[self.labels] if self.classwise else self.delta
     delta = np.asarray(self.p.project(self.images, delta, self.eps))
     info = {"rounds": r, "stopped_early": bool(stopped), "search_s": round(time.time() - t0, 2)}

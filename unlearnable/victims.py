@@ -218,26 +218,28 @@ def train_victim(
     )
   writer = train_lib.MetricWriter(workdir, tensorboard=False, stage=stage) if workdir else None
   previous = train_lib.read_metrics(workdir, stage) if workdir else []
-  state = train_lib.train_loop(
-    state=state,
-    step_fn=prog.step,
-    batches=lambda start: data_lib.batches(arrays, batch, seed=seed, start_step=start),
-    num_steps=total,
-    data_sharding=prog.data_sharding,
-    checkpointer=ckpt,
-    writer=writer,
-    log_every=run_cfg.log_every if run_cfg is not None else 50,
-    progress=bool(run_cfg.progress) if run_cfg is not None else False,
-    stage=stage,
-    hooks=(evaluate,),
-    hook_every=max(1, int(recipe.eval_every)) * steps_per_epoch,
-  )
-  if not curve or curve[-1][0] != total:  # Resumed at the end: nothing trained, evaluate once.
-    evaluate(total, state)
-  if ckpt is not None:
-    ckpt.close()
-  if writer is not None:
-    writer.close()
+  try:
+    state = train_lib.train_loop(
+      state=state,
+      step_fn=prog.step,
+      batches=lambda start: data_lib.batches(arrays, batch, seed=seed, start_step=start),
+      num_steps=total,
+      data_sharding=prog.data_sharding,
+      checkpointer=ckpt,
+      writer=writer,
+      log_every=run_cfg.log_every if run_cfg is not None else 50,
+      progress=bool(run_cfg.progress) if run_cfg is not None else False,
+      stage=stage,
+      hooks=(evaluate,),
+      hook_every=max(1, int(recipe.eval_every)) * steps_per_epoch,
+    )
+    if not curve or curve[-1][0] != total:  # Resumed at the end: nothing trained, evaluate once.
+      evaluate(total, state)
+  finally:  # closed also when training stops (NaN, SIGTERM, bad data)
+    if ckpt is not None:
+      ckpt.close()
+    if writer is not None:
+      writer.close()
   earlier = [(r["step"], r["test_accuracy"]) for r in previous if "test_accuracy" in r]
   accs = [a for _, a in earlier + curve]
   out = {
