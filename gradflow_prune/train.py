@@ -130,7 +130,9 @@ class Toolkit:
     tx, loss_fn, steps = self.trainer(opt_cfg, num_steps, masks is not None)
     model_state = {} if masks is None else {"masks": prune.soft_masks_as_jnp(masks)}
     state = train_lib.TrainState.create(
-      params=jax.tree.map(jnp.asarray, params),
+      # A copy: the jitted step donates its state, and `params` may be the teacher's device
+      # arrays, which every later run starts from (on a GPU they would be deleted).
+      params=jax.tree.map(lambda x: jnp.array(x, copy=True), params),
       tx=tx,
       rng=rng,
       model_state=model_state,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gradflow_prune import criteria, diffusion, evaluate, prune, surgery, torch_import, train
+from shared import train_lib
 from shared.errors import CheckpointError, DataError
 from shared.models import unet
 
@@ -298,6 +299,44 @@ def test_saved_unet_reloads_and_rejects_a_mismatch(tmp_path, setup):
 
 
 @pytest.mark.slow
+def test_make_state_copies_the_teachers_params(setup):
+  """The jitted step donates its state; a state sharing the teacher's buffers would delete them on
+  a GPU (every later run starts from the teacher)."""
+  from configs import gradflow_prune as config_file
+
+  config = config_file.get_config("tiny")
+  kit = train.Toolkit(setup["cfg"], setup["sched"], config, train_lib.make_mesh(1))
+  teacher = jax.device_put(setup["params"])
+  state, _ = kit.make_state(teacher, config.prune.optimizer, 10, jax.random.PRNGKey(0))
+  for ours, theirs in zip(jax.tree.leaves(state.params), jax.tree.leaves(teacher), strict=True):
+    pointer = lambda a: a.addressable_shards[0].data.unsafe_buffer_pointer()
+    assert pointer(ours) != pointer(theirs)
+
+
+def test_report_pools_runs_of_distinct_seeds(tmp_path):
+  from gradflow_prune import report
+
+  def run(seed, fds):
+    rows = [
+      dict(keep_ratio=0.7, procedure=p, criterion=c, seed=seed, fd=fd, ssim=0.5, params=1, macs=2,
+           latency_s=0.1)
+      for (p, c), fd in zip([("oneshot", "taylor"), ("iterative", "grasp")], fds, strict=True)
+    ]  # fmt: skip
+    teacher = dict(fd=0.4, latency_s=0.2)
+    m = dict(rows=rows, teacher_fd=0.4, data_fd=0.1, teacher=teacher)
+    d = tmp_path / f"s{seed}"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps(dict(variant="compare", metrics=m)))
+    return str(d)
+
+  dirs = [run(0, (2.0, 1.0)), run(1, (4.0, 2.0))]
+  text = report.render(*dirs)
+  assert "| 0.7 | oneshot | taylor | 2 | 3.0 ± 1.4 |" in text  # sample std
+  assert "iterative grasp FD 1.5 vs one-shot Taylor 3 (lower FD: True)" in text
+  with pytest.raises(SystemExit, match="repeat"):
+    report.render(dirs[0], dirs[0])
+
+
 def test_tiny_end_to_end_via_the_cli(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   cmd = [
