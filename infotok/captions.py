@@ -64,7 +64,11 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
       data_dir=cfg.data_dir or None,
       image_size=cfg.resolution,
       features=("image", cfg.caption_feature),
+      # Every process holds the whole split, as with `shapes` (the trainers batch from it).
+      process_index=0,
+      process_count=1,
     )
+    arrays.process_local = False  # loaded whole on every process (above)
     texts = arrays.pop(cfg.caption_feature)
     arrays["captions"] = texts
     arrays["caption"] = np.asarray([t.split(TEXT_SEPARATOR)[0] for t in texts])
