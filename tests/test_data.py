@@ -436,6 +436,18 @@ def test_tfds_keeps_named_features_and_text(tmp_path):
   assert arrays["captions/text"][0].split(tfds_source.TEXT_SEPARATOR) == first
 
 
+def test_tfds_set_not_prepared_says_how_to_prepare_it(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  def failing_load(*args, **kwargs):
+    raise ModuleNotFoundError("No module named 'some_preparation_dependency'")
+
+  monkeypatch.setattr(tfds, "load", failing_load)
+  opts = dict(data_dir=str(tmp_path), process_index=0, process_count=1)
+  with pytest.raises(DataError, match=r"not prepared in .*tfds build mnist --data_dir"):
+    data.load("tfds:mnist", "train", **opts)
+
+
 def test_import_without_tensorflow(tmp_path):
   script = textwrap.dedent(
     """

@@ -75,7 +75,8 @@ def load(
   except DataError:
     raise
   except Exception as e:  # TFDS and TensorFlow raise many types; all mean "cannot read this".
-    raise DataError(f"cannot load {where}: {type(e).__name__}: {_first_line(e)}") from None
+    hint = _not_prepared_hint(tfds, name, data_dir)
+    raise DataError(f"cannot load {where}: {type(e).__name__}: {_first_line(e)}{hint}") from None
   if not chunks:
     raise DataError(f"{where} is empty (0 examples on process {process_index})")
   keep = "biuf" + ("SO" if features else "")
@@ -138,6 +139,23 @@ def _import_tfds():
   with contextlib.suppress(RuntimeError):
     tf.config.set_visible_devices([], "GPU")
   return tf, tfds
+
+
+def _not_prepared_hint(tfds, name: str, data_dir: str | None) -> str:
+  """When the set was never prepared in `data_dir`, how to prepare it (TFDS's own error then is
+  about its download or preparation, e.g. a missing module, which reads like a bug here)."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      return ""
+    where = builder.data_dir
+  except Exception:
+    return ""
+  base = name.split(":")[0]
+  return (
+    f" (it is not prepared in {where}: run `tfds build {base} --data_dir <dir>` on a machine "
+    "with network, then pass that dir as data.data_dir)"
+  )
 
 
 def _num_examples(tfds, name: str, split: str, data_dir: str | None) -> int | None:
