@@ -422,6 +422,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for style in config.unified.styles:
     if style not in uni.STYLES:
       raise ConfigError(f"unknown unified style {style!r}; known: {uni.STYLES}")
+  if config.text.tokenizer != "word_level":  # a missing one fails now, not after the data
+    text_lib.load_pretrained(config.text.tokenizer)
   splits, info = load_data(config.data)
   text_tok = make_text(config, splits, info, workdir)
   t_judge = time.time()
