@@ -72,6 +72,7 @@ def get_config(arg=None):
     dict(
       tokenizer=pick("word_level", p="gpt2"),  # or any local transformers tokenizer dir / name
       caption_len=pick(20, p=32),  # image-caption sets: longer captions are cut
+      captions_per_image=5,  # image-caption sets: training draws one of these per image and step
       min_count=5,  # word_level on image-caption sets: words seen this often in training captions
       vocab_size=0,  # ... and at most this many (0: no limit)
       question_len=12,

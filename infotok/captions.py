@@ -5,8 +5,9 @@ so the parts of the pipeline that read those are replaced here; everything else 
 regularisers, beta selection, unified styles) is the same code as on `shapes`.
 
   data           'image' (resized), 'captions' (every caption of the image, joined by
-                 `tfds_source.TEXT_SEPARATOR`), 'caption' (the first one, what the models are
-                 trained on); splits train / val / test from TFDS split names, cut to `num_*`.
+                 `tfds_source.TEXT_SEPARATOR`), 'caption' (the first one: evaluation prompts);
+                 training draws one of the first `text.captions_per_image` captions per image
+                 and step; splits train / val / test from TFDS split names, cut to `num_*`.
                  'clean' is the image itself (there is no nuisance-free render).
   judge          `RetrievalJudge`: a dual encoder (a conv image tower, the tokenizer's
                  `TextEncoder`) trained with the CLIP loss on real training pairs only, never on
@@ -85,10 +86,17 @@ def vocabulary(splits: dict, cfg) -> list[str]:
 
 
 def add_text_ids(splits: dict, text_tok, cfg, word_level: bool) -> None:
-  """'caption_ids' of the first caption, cut to `cfg.caption_len` tokens (natural captions vary)."""
+  """'caption_ids' of the first caption (evaluation prompts and pairs) and 'caption_ids_all'
+  [N, K, L], K = `cfg.captions_per_image` slots cycling through the image's captions (training
+  draws one per step); all cut to `cfg.caption_len` tokens (natural captions vary)."""
+  prep = text_lib.normalize if word_level else (lambda t: t)
+  k = max(cfg.captions_per_image, 1)
   for arrays in splits.values():
-    texts = [text_lib.normalize(t) if word_level else t for t in arrays["caption"]]
-    arrays["caption_ids"] = text_lib.encode(text_tok, texts, cfg.caption_len, truncate=True)
+    texts = [t.split(TEXT_SEPARATOR) for t in arrays["captions"]]
+    slots = [prep(caps[j % len(caps)]) for caps in texts for j in range(k)]
+    ids = text_lib.encode(text_tok, slots, cfg.caption_len, truncate=True)
+    arrays["caption_ids_all"] = ids.reshape(len(texts), k, cfg.caption_len)
+    arrays["caption_ids"] = arrays["caption_ids_all"][:, 0]
 
 
 def references(arrays, n: int) -> list[list[list[str]]]:
@@ -188,16 +196,17 @@ def train_judge(cfg, train: dict, vocab_size: int, length: int, seed: int, workd
 
   Args:
     cfg: `config.judge`: widths, hidden (embedding size), steps, batch_size, lr, group.
-    train: the training split with 'image' and 'caption_ids'.
+    train: the training split with 'image', 'caption_ids' and (optional) 'caption_ids_all'
+      (one caption of each image drawn per step).
   """
   net = make_dual_encoder(cfg, vocab_size, length)
   path = os.path.join(workdir, "judge.npz")
   if os.path.exists(path):
     return RetrievalJudge(judge_lib.load_params(path), net, cfg.group)
   start = time.time()
-  images, ids = train["image"], train["caption_ids"]
+  images, ids = train["image"], train.get("caption_ids_all", train["caption_ids"])
   batch = min(cfg.batch_size, len(images))
-  params = net.init(jax.random.key(seed), images[:1], ids[:1])["params"]
+  params = net.init(jax.random.key(seed), images[:1], train["caption_ids"][:1])["params"]
   tx = optax.adam(train_lib.learning_rate_schedule(judge_lib._sched(cfg), cfg.steps))
   opt_state = tx.init(params)
 
@@ -214,7 +223,8 @@ def train_judge(cfg, train: dict, vocab_size: int, length: int, seed: int, workd
   rng = np.random.default_rng(seed)
   for i in range(cfg.steps):
     rows = np.sort(rng.choice(len(images), batch, replace=False))
-    params, opt_state, loss = step(params, opt_state, images[rows], ids[rows])
+    text = ids[rows] if ids.ndim == 2 else ids[rows, rng.integers(0, ids.shape[1], batch)]
+    params, opt_state, loss = step(params, opt_state, images[rows], text)
     if (i + 1) % max(cfg.steps // 4, 1) == 0:
       logging.info("retrieval judge step %d/%d CLIP loss %.4f", i + 1, cfg.steps, float(loss))
   judge = RetrievalJudge(params, net, cfg.group)

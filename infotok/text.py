@@ -115,6 +115,18 @@ def decode(tokenizer, ids: np.ndarray) -> list[str]:
   return texts
 
 
+def pick_captions(stream, seed: int, start: int = 0):
+  """Batches whose 'caption' is [B, K, L] (every caption of each image) -> one of the K per row,
+  drawn from (seed, step), so a resumed stream draws what the uninterrupted one did. Batches
+  with [B, L] captions pass unchanged."""
+  for step, batch in enumerate(stream, start):
+    ids = batch["caption"]
+    if ids.ndim == 3:
+      k = np.random.default_rng([seed, step, 7]).integers(0, ids.shape[1], len(ids))
+      batch = {**batch, "caption": ids[np.arange(len(ids)), k]}
+    yield batch
+
+
 def normalize(text: str) -> str:
   """Natural captions -> lower-case words and punctuation separated by single spaces."""
   return " ".join(re.findall(r"[a-z0-9']+|[^\sa-z0-9']", text.lower()))

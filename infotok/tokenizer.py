@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from infotok import quantizers as qz
 from infotok import regularizers as reg
+from infotok import text as text_lib
 from shared import train_lib
 from shared.errors import ConfigError
 from shared.models.conv import ConvDecoder, ConvEncoder, grid_size
@@ -349,13 +350,16 @@ class TokenizerTrainer:
     Args:
       log_dir: where metrics.jsonl is (rows tagged with `stage`).
       weights: the objective weights (see WEIGHT_NAMES); missing ones are 0.
-      arrays: 'image', 'target', 'caption' of the training split.
+      arrays: 'image', 'target', 'caption' of the training split ('caption' [N, K, L] holds K
+        captions per image, one drawn per step: `text.pick_captions`).
     """
     unknown = set(weights) - set(WEIGHT_NAMES)
     if unknown:
       raise ConfigError(f"unknown tokenizer loss weights {sorted(unknown)}; known: {WEIGHT_NAMES}")
     w = {k: jnp.asarray(float(weights.get(k, 0.0)), jnp.float32) for k in WEIGHT_NAMES}
-    state, sharding = self.init_state(seed, arrays["image"][:1], arrays["caption"][:1])
+    first = arrays["caption"][:1]
+    first = first[:, 0] if first.ndim == 3 else first  # [N, K, L]: every caption of an image
+    state, sharding = self.init_state(seed, arrays["image"][:1], first)
     if self._step is None:
       self._step = self._build_step(sharding)
     from shared import data as data_lib
@@ -365,7 +369,9 @@ class TokenizerTrainer:
       cfg,
       state,
       lambda s, b: self._step(s, b, w),
-      lambda start: data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start),
+      lambda start: text_lib.pick_captions(
+        data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start), seed, start
+      ),
       self.num_steps,
       self.data_sharding,
       workdir,

@@ -187,7 +187,7 @@ class Pipeline:
     arrays = {
       "image": train["image"],
       "target": train[cfg.tokenizer.target],
-      "caption": train["caption_ids"],
+      "caption": train.get("caption_ids_all", train["caption_ids"]),  # [N, K, L]: one per step
     }
     stage = f"tokenizer/{name}"
     params = self._timed(
@@ -232,7 +232,8 @@ class Pipeline:
     trainer = self.trainer(style)
     tokens = self.tokens(seed_dir, tok_name)
     train = self.splits["train"]
-    arrays = {"image_tokens": tokens["train"], "caption": train["caption_ids"]}
+    captions = train.get("caption_ids_all", train["caption_ids"])  # [N, K, L]: one per step
+    arrays = {"image_tokens": tokens["train"], "caption": captions}
     if not self.caption_set:
       arrays.update(question=train["question_ids"], answer=train["answer_ids"])
     stage = f"unified/{style}_{variant}"

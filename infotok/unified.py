@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from infotok import text as text_lib
 from infotok.tokenizer import cached_init, train_stage
 from shared import masks, train_lib
 from shared.errors import ConfigError
@@ -289,7 +290,8 @@ class UnifiedTrainer:
       self._step = self._build_step(sharding)
 
     def batches(start):
-      for raw in data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start):
+      stream = data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start)
+      for raw in text_lib.pick_captions(stream, seed, start):
         yield mixed_batch(self.layout, raw, cfg.task_fractions)
 
     state = train_stage(

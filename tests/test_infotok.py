@@ -451,6 +451,38 @@ def test_pretrained_style_tokenizer_without_pad_or_template(tmp_path):
     text_lib.encode(tok, ["a man riding a horse ."], 5)
 
 
+def test_pick_captions_draws_one_per_row_and_resumes_identically():
+  ids = np.arange(4 * 3 * 2).reshape(4, 3, 2)  # 4 images x 3 captions x 2 tokens
+  stream = lambda start: ({"caption": ids, "image": np.zeros(4)} for _ in range(start, 6))
+  full = list(text_lib.pick_captions(stream(0), seed=1))
+  resumed = list(text_lib.pick_captions(stream(4), seed=1, start=4))
+  for a, b in zip(full[4:], resumed, strict=True):
+    np.testing.assert_array_equal(a["caption"], b["caption"])
+  drawn = np.stack([b["caption"] for b in full])  # [steps, 4, 2]
+  assert drawn.shape == (6, 4, 2)
+  for row in range(4):  # each row gets one of its own captions, not always the same one
+    choices = {tuple(c) for c in drawn[:, row]}
+    assert choices <= {tuple(c) for c in ids[row]} and len(choices) > 1
+  flat = {"caption": ids[:, 0]}
+  assert next(text_lib.pick_captions(iter([flat]), seed=0))["caption"] is flat["caption"]
+
+
+def test_caption_ids_cycle_through_each_images_captions(tmp_path):
+  from infotok import captions as cap_lib
+  from shared.data.tfds_source import TEXT_SEPARATOR
+
+  texts = np.asarray([TEXT_SEPARATOR.join(["A dog.", "A cat!"]), "Two birds"])
+  splits = {"train": {"captions": texts}}
+  tok = text_lib.build_word_level(text_lib.caption_vocab(list(texts)), str(tmp_path))
+  cfg = ml_collections.ConfigDict(dict(captions_per_image=3, caption_len=5))
+  cap_lib.add_text_ids(splits, tok, cfg, word_level=True)
+  all_ids = splits["train"]["caption_ids_all"]
+  assert all_ids.shape == (2, 3, 5)
+  decoded = [text_lib.decode(tok, all_ids[i]) for i in range(2)]
+  assert decoded == [["a dog .", "a cat !", "a dog ."], ["two birds"] * 3]
+  np.testing.assert_array_equal(splits["train"]["caption_ids"], all_ids[:, 0])
+
+
 def test_caption_vocabulary_and_normalization():
   assert text_lib.normalize("A man, riding a Horse!") == "a man , riding a horse !"
   vocab = text_lib.caption_vocab(["A dog.", "a DOG runs", "a cat"], min_count=2)
