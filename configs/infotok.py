@@ -151,6 +151,7 @@ def get_config(arg=None):
       optimizer=config_utils.optimizer_config(lr=3e-3, warmup_steps=pick(60, t=5), grad_clip=1.0),
       temperature=1.0,
       top_k=0,
+      kv_cache=True,  # AR decoding with cached keys / values (False: full recompute per token)
       masked_steps=pick(6, p=12),  # MaskGIT iterative decoding steps (<= image tokens)
       choice_temperature=4.5,  # MaskGIT's
       eval_batch_size=pick(250, t=64),

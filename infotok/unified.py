@@ -34,7 +34,7 @@ from infotok import text as text_lib
 from infotok.tokenizer import cached_init, train_stage
 from shared import masks, train_lib
 from shared.errors import ConfigError
-from shared.models.transformer import TransformerLM, span_bidirectional_mask
+from shared.models.transformer import TransformerLM, causal_mask, span_bidirectional_mask
 
 STYLES = ("ar", "masked", "semantic")
 TASKS = ("t2i", "i2t", "vqa")
@@ -304,6 +304,47 @@ class UnifiedTrainer:
   def _forward(self, params, tokens, image):
     return self.model.apply({"params": params}, tokens, attention_mask(self.style, image))
 
+  def _decode_loop(self, start: int, steps: int, pick):
+    """fn(params, tokens, image, key) filling positions start .. start + steps - 1 one at a time,
+    token p = pick(i, logits of position p - 1, key) for i = p - start.
+
+    With `unified.kv_cache` (default) the prefix runs once and every new token attends to cached
+    keys / values (`TransformerLM.decode`): O(steps) token passes instead of O(steps) full
+    forwards. Without it, every step recomputes the whole sequence (the reference; equal results).
+    """
+    if not self.cfg.get("kv_cache", True):
+
+      def full(params, tokens, image, key):
+        def body(i, toks):
+          p = start + i
+          logits = self._forward(params, toks, image)[:, p - 1]
+          return toks.at[:, p].set(pick(i, logits, key).astype(toks.dtype))
+
+        return jax.lax.fori_loop(0, steps, body, tokens)
+
+      return full
+
+    model = self.model
+
+    def cached(params, tokens, image, key):
+      b, length = tokens.shape
+      mask = attention_mask(self.style, image)
+      mask = jnp.broadcast_to(causal_mask(length) if mask is None else mask, (b, 1, length, length))
+      apply = lambda *a: model.apply({"params": params}, *a, method=TransformerLM.decode)
+      logits, cache = apply(tokens[:, :start], 0, model.init_cache(b, length), mask[:, :, :start])
+
+      def body(i, carry):
+        toks, cache, last = carry
+        p = start + i
+        toks = toks.at[:, p].set(pick(i, last, key).astype(toks.dtype))
+        rows = jax.lax.dynamic_slice_in_dim(mask, p, 1, axis=2)
+        new, cache = apply(jax.lax.dynamic_slice_in_dim(toks, p, 1, axis=1), p, cache, rows)
+        return toks, cache, new[:, 0]
+
+      return jax.lax.fori_loop(0, steps, body, (tokens, cache, logits[:, -1]))[0]
+
+    return cached
+
   def _text_fn(self, start: int, steps: int):
     """Greedy decoding of `steps` words at positions start .. start + steps - 1."""
     key = ("text", start, steps)
@@ -311,37 +352,27 @@ class UnifiedTrainer:
       lay = self.layout
       banned = {lay.pad_id, lay.bos_id}
 
-      def decode(params, tokens, image):
-        def body(i, toks):
-          p = start + i
-          logits = self._forward(params, toks, image)[:, p - 1]
-          logits = _restrict(logits, 0, lay.text_vocab)
-          for t in banned:
-            logits = logits.at[:, t].set(-jnp.inf)
-          return toks.at[:, p].set(jnp.argmax(logits, axis=-1).astype(toks.dtype))
+      def pick(i, logits, key):
+        logits = _restrict(logits, 0, lay.text_vocab)
+        for t in banned:
+          logits = logits.at[:, t].set(-jnp.inf)
+        return jnp.argmax(logits, axis=-1)
 
-        return jax.lax.fori_loop(0, steps, body, tokens)
-
-      self._fns[key] = jax.jit(decode)
+      loop = self._decode_loop(start, steps, pick)
+      self._fns[key] = jax.jit(lambda params, tokens, image: loop(params, tokens, image, None))
     return self._fns[key]
 
   def _image_ar_fn(self):
     if "image_ar" not in self._fns:
       lay = self.layout
-      start, n = lay.image_start("t2i"), lay.num_image_tokens
       temp, top_k = self.cfg.temperature, self.cfg.top_k
 
-      def generate(params, tokens, image, key):
-        def body(i, toks):
-          p = start + i
-          logits = self._forward(params, toks, image)[:, p - 1]
-          logits = _restrict(logits, lay.code_offset, lay.code_offset + lay.num_codes)
-          pick = _sample(jax.random.fold_in(key, i), logits, temp, top_k)
-          return toks.at[:, p].set(pick.astype(toks.dtype))
+      def pick(i, logits, key):
+        logits = _restrict(logits, lay.code_offset, lay.code_offset + lay.num_codes)
+        return _sample(jax.random.fold_in(key, i), logits, temp, top_k)
 
-        return jax.lax.fori_loop(0, n, body, tokens)
-
-      self._fns["image_ar"] = jax.jit(generate)
+      loop = self._decode_loop(lay.image_start("t2i"), lay.num_image_tokens, pick)
+      self._fns["image_ar"] = jax.jit(loop)
     return self._fns["image_ar"]
 
   def _image_masked_fn(self):

@@ -247,6 +247,29 @@ def test_unified_loss_and_sampling_stay_in_their_vocabularies(style):
   assert ans.shape == (6, 3) and ans.max() < lay.text_vocab
 
 
+@pytest.mark.parametrize("style", ["ar", "masked"])
+def test_kv_cache_decoding_equals_full_recompute(style):
+  """Captions, answers and AR image codes decoded with cached keys / values equal those of the
+  full recompute per token (random params, so the outputs are not trivially constant)."""
+  lay = layout()
+  cached = uni.UnifiedTrainer(unified_cfg(depth=2), style, lay, train_lib.make_mesh())
+  full = uni.UnifiedTrainer(unified_cfg(depth=2, kv_cache=False), style, lay, train_lib.make_mesh())
+  params = cached.model.init(jax.random.key(3), jnp.zeros((1, lay.seq_len), jnp.int32))["params"]
+  params = jax.tree.map(lambda p: p * 4.0, params)  # sharper logits: argmax ties are unlikely
+  raw = raw_batch(6)
+  for fn in ("caption", "answer"):
+    args = (raw["image_tokens"],) + ((raw["question"],) if fn == "answer" else ())
+    np.testing.assert_array_equal(
+      getattr(cached, fn)(params, *args), getattr(full, fn)(params, *args)
+    )
+  if style == "ar":  # the masked style generates images by MaskGIT decoding (no cache)
+    key = jax.random.key(4)
+    np.testing.assert_array_equal(
+      cached.generate_images(params, raw["caption"], key),
+      full.generate_images(params, raw["caption"], key),
+    )
+
+
 def test_masked_loss_only_scores_masked_image_codes_of_t2i_rows():
   lay = layout()
   trainer = uni.UnifiedTrainer(unified_cfg(), "masked", lay, train_lib.make_mesh())

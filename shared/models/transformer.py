@@ -127,7 +127,11 @@ class SelfAttention(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask=None, is_causal: bool = False):
+  def __call__(self, x_BxLxD, mask=None, is_causal: bool = False, cache=None):
+    """Attention over x; with `cache` = (k_BxTxHxK, v_BxTxHxK, start), the keys / values of x
+    are written at positions start .. start + L - 1 of the cache, the queries attend over all T
+    cached positions through `mask` [B, 1, L, T] (which must hide the unwritten ones), and the
+    result is (output, (k, v)) with the updated cache (incremental decoding)."""
     width = x_BxLxD.shape[-1]
     if width % self.num_heads:
       raise ConfigError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -140,7 +144,15 @@ class SelfAttention(nn.Module):
       name="qkv",
     )(x_BxLxD)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
-    if self.attention_impl == "cudnn" and mask is None and not is_causal:
+    if cache is not None:
+      k_BxTxHxK, v_BxTxHxK, start = cache
+      at = (0, start, 0, 0)
+      k_BxTxHxK = jax.lax.dynamic_update_slice(k_BxTxHxK, k_BxLxHxK.astype(k_BxTxHxK.dtype), at)
+      v_BxTxHxK = jax.lax.dynamic_update_slice(v_BxTxHxK, v_BxLxHxK.astype(v_BxTxHxK.dtype), at)
+      out_BxLxHxK = jax.nn.dot_product_attention(
+        q_BxLxHxK, k_BxTxHxK.astype(q_BxLxHxK.dtype), v_BxTxHxK.astype(q_BxLxHxK.dtype), mask=mask
+      )
+    elif self.attention_impl == "cudnn" and mask is None and not is_causal:
       out_BxLxHxK = padded_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, "cudnn")
     else:
       out_BxLxHxK = jax.nn.dot_product_attention(
@@ -151,7 +163,7 @@ class SelfAttention(nn.Module):
         is_causal=is_causal,
         implementation=self.attention_impl,
       )
-    return nn.DenseGeneral(
+    out_BxLxD = nn.DenseGeneral(
       width,
       axis=(-2, -1),
       dtype=self.dtype,
@@ -159,6 +171,7 @@ class SelfAttention(nn.Module):
       kernel_init=_dense_init,
       name="out",
     )(out_BxLxHxK)
+    return out_BxLxD if cache is None else (out_BxLxD, (k_BxTxHxK, v_BxTxHxK))
 
 
 class MlpBlock(nn.Module):
@@ -190,24 +203,29 @@ class Block(nn.Module):
   layer_norm_eps: float = 1e-6
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask=None, is_causal: bool = False, deterministic: bool = True):
+  def __call__(
+    self, x_BxLxD, mask=None, is_causal: bool = False, deterministic: bool = True, cache=None
+  ):
+    """x -> x'; with a `cache` (see SelfAttention), (x', updated (k, v))."""
     width = x_BxLxD.shape[-1]
     norm = lambda name: nn.LayerNorm(
       epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name
     )
     drop = nn.Dropout(self.dropout_rate)
-    h_BxLxD = SelfAttention(
+    attn = SelfAttention(
       self.num_heads,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       attention_impl=self.attention_impl,
       name="attn",
-    )(norm("norm1")(x_BxLxD), mask, is_causal)
+    )(norm("norm1")(x_BxLxD), mask, is_causal, cache)
+    h_BxLxD, kv = attn if cache is not None else (attn, None)
     x_BxLxD = x_BxLxD + drop(h_BxLxD, deterministic=deterministic)
     h_BxLxD = MlpBlock(
       int(width * self.mlp_ratio), dtype=self.dtype, param_dtype=self.param_dtype, name="mlp"
     )(norm("norm2")(x_BxLxD))
-    return x_BxLxD + drop(h_BxLxD, deterministic=deterministic)
+    x_BxLxD = x_BxLxD + drop(h_BxLxD, deterministic=deterministic)
+    return x_BxLxD if cache is None else (x_BxLxD, kv)
 
 
 def block_class(remat: bool) -> Callable[..., nn.Module]:
@@ -316,6 +334,30 @@ class TransformerLM(nn.Module):
     for block in self.blocks:
       x_BxLxD = block(x_BxLxD, mask, is_causal, not train)
     return self.final_norm(x_BxLxD)
+
+  def init_cache(self, batch: int, length: int | None = None, dtype=None):
+    """Zero keys / values for `decode`: per block (k, v), each [B, T, H, D / H], T = max_len."""
+    length = length or self.max_len
+    shape = (batch, length, self.num_heads, self.width // self.num_heads)
+    zeros = jnp.zeros(shape, dtype or self.dtype)
+    return [(zeros, zeros) for _ in range(self.depth)]
+
+  def decode(self, tokens_BxS, start, cache, mask_BxSxT):
+    """Incremental decoding: logits of the S tokens at positions start .. start + S - 1, given
+    the keys / values of the earlier positions in `cache` (`init_cache`); returns (logits
+    [B, S, V], updated cache). `mask_BxSxT` [B, 1 or H, S, T] says which cached positions each
+    new token attends to (True = may attend); it must hide positions not written yet. Equal to
+    the matching rows of `__call__` with the full mask (no dropout: inference only).
+    """
+    s = tokens_BxS.shape[-1]
+    pos_SxD = jax.lax.dynamic_slice_in_dim(self.pos_embed, start, s)
+    x_BxSxD = self.token_embed(tokens_BxS) + pos_SxD.astype(self.dtype)
+    mask = jnp.asarray(mask_BxSxT, bool)
+    new_cache = []
+    for block, (k, v) in zip(self.blocks, cache, strict=True):
+      x_BxSxD, kv = block(x_BxSxD, mask, False, True, (k, v, start))
+      new_cache.append(kv)
+    return self.logits(self.final_norm(x_BxSxD)), new_cache
 
   def logits(self, h_BxLxD):
     """Output head on hidden states: tied (h @ E^T) or a separate projection; float32."""
