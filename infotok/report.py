@@ -28,6 +28,29 @@ GENERATION = {
   "gen_all_correct_test": "gen all-correct test",
   "gen_all_correct_heldout": "gen all-correct held-out",
 }
+# Image-caption sets (the `paper` variant; infotok/captions.py): no VQA, attributes or held-out.
+CAPTION_UNDERSTANDING = {
+  "und_bleu4_test": "BLEU-4 test",
+  "und_caption_rprec_test": "caption R-prec",
+}
+CAPTION_GENERATION = {
+  "gen_rprec_test": "image R-prec",
+  "gen_clip_score_test": "judge cosine",
+  "gen_fd_test": "FD (judge feat.)",
+}
+TEXTS = {
+  False: (
+    "Understanding (greedy decoding; exact-match VQA accuracy, per-attribute caption accuracy):",
+    "Generation (decoded images judged per grid cell; attribute mean over shape, colour, size, "
+    "position of the described objects; all-correct = every cell right):",
+  ),
+  True: (
+    "Understanding (greedy captions: corpus BLEU-4 against every reference; R-precision of each "
+    "caption retrieving its image among 32, by the retrieval judge):",
+    "Generation (images from the first caption: R-precision of each retrieving its caption among "
+    "32, mean matching cosine and FD in the retrieval judge's features):",
+  ),
+}
 TOKENIZER = {
   "tok_psnr_image": "PSNR vs image",
   "tok_psnr_clean": "PSNR vs clean",
@@ -60,40 +83,41 @@ def render(*workdirs: str) -> str:
   out.append("")
   out.append(f"Cells: mean ± std over seeds {seeds} (one value when a single seed).")
   out.append("")
-  out.append(
-    "Understanding (greedy decoding; exact-match VQA accuracy, per-attribute caption accuracy):"
+  captions = "und_bleu4_test" in rows[0]
+  und, gen = (
+    (CAPTION_UNDERSTANDING, CAPTION_GENERATION) if captions else (UNDERSTANDING, GENERATION)
   )
-  out.append("")
-  out.append(
-    mean_std_table(rows, ("style", "variant"), list(UNDERSTANDING), precision=3, labels=labels)
-  )
-  out.append("")
-  out.append(
-    "Generation (decoded images judged per grid cell; attribute mean over shape, colour, "
-    "size, position of the described objects; all-correct = every cell right):"
-  )
-  out.append("")
-  out.append(
-    mean_std_table(rows, ("style", "variant"), list(GENERATION), precision=3, labels=labels)
-  )
-  out.append("")
+  labels.update(CAPTION_UNDERSTANDING if captions else {})
+  labels.update(CAPTION_GENERATION if captions else {})
+  if captions:
+    labels["tok_relevance"] = "judge R-prec on recon"
+  for text, columns in zip(TEXTS[captions], (und, gen), strict=True):
+    table = mean_std_table(rows, ("style", "variant"), list(columns), precision=3, labels=labels)
+    out += [text, "", table, ""]
   out.append("Tokenizer used by each row (test split):")
   out.append("")
   out.append(
     mean_std_table(rows, ("style", "variant"), list(TOKENIZER), precision=3, labels=labels)
   )
   out.append("")
-  out.append(claim_table(rows))
+  claim = (CAPTION_CLAIM_UND, CAPTION_CLAIM_GEN) if captions else (CLAIM_UND, CLAIM_GEN)
+  out.append(claim_table(rows, *claim))
   out.append("")
-  m = runs[0]["metrics"]
-  ceiling = m["judge_ceiling"]
-  out.append(
-    "Judge ceiling on real renders (attribute mean / all-correct): "
-    + ", ".join(
-      f"{k} {v['attribute_mean']:.4f} / {v['all_correct']:.4f}" for k, v in ceiling.items()
+  ceiling = runs[0]["metrics"]["judge_ceiling"]
+  if captions:
+    scores = ceiling["test_image"]
+    out.append(
+      f"Retrieval judge ceiling on real test pairs: R-precision {scores['r_precision']:.4f} "
+      f"(chance 1/32), matching cosine {scores['clip_score']:.4f}."
     )
-    + "."
-  )
+  else:
+    out.append(
+      "Judge ceiling on real renders (attribute mean / all-correct): "
+      + ", ".join(
+        f"{k} {v['attribute_mean']:.4f} / {v['all_correct']:.4f}" for k, v in ceiling.items()
+      )
+      + "."
+    )
   out.append("")
   per_seed = {s: info for run in runs for s, info in run["metrics"]["per_seed"].items()}
   picks = {}
@@ -129,9 +153,11 @@ def render(*workdirs: str) -> str:
 
 CLAIM_UND = ("und_vqa_test", "und_vqa_heldout", "und_caption_attr_test", "und_caption_attr_heldout")
 CLAIM_GEN = ("gen_attr_test", "gen_attr_heldout")
+CAPTION_CLAIM_UND = ("und_bleu4_test", "und_caption_rprec_test")
+CAPTION_CLAIM_GEN = ("gen_rprec_test",)
 
 
-def claim_table(rows: list[dict]) -> str:
+def claim_table(rows: list[dict], und=CLAIM_UND, gen=CLAIM_GEN) -> str:
   """The paper's claim per style: does InfoTok beat the baseline on understanding and generation?
 
   Per seed, the variant's score minus the baseline's of the same style and seed, averaged over
@@ -142,7 +168,11 @@ def claim_table(rows: list[dict]) -> str:
   by = {(r["style"], r["variant"], r["seed"]): r for r in rows}
   lines = [
     "Claim check: each variant minus the baseline, same style and seed (understanding = mean of "
-    "the four understanding columns, generation = mean of the two attribute columns):",
+    + (
+      "the four understanding columns, generation = mean of the two attribute columns):"
+      if (und, gen) == (CLAIM_UND, CLAIM_GEN)
+      else f"{', '.join(und)}; generation = {', '.join(gen)}):"
+    ),
     "",
     "| style | variant | Δ understanding | improves | Δ generation | improves |",
     "|---|---|---|---|---|---|",
@@ -155,8 +185,8 @@ def claim_table(rows: list[dict]) -> str:
       base = by.get((style, "baseline", seed))
       if (s_, v_) != (style, variant) or base is None:
         continue
-      d_und.append(sum(r[k] - base[k] for k in CLAIM_UND) / len(CLAIM_UND))
-      d_gen.append(sum(r[k] - base[k] for k in CLAIM_GEN) / len(CLAIM_GEN))
+      d_und.append(sum(r[k] - base[k] for k in und) / len(und))
+      d_gen.append(sum(r[k] - base[k] for k in gen) / len(gen))
     if not d_und:
       continue
     mu, mg = sum(d_und) / len(d_und), sum(d_gen) / len(d_gen)

@@ -557,6 +557,31 @@ def test_caption_sets_refuse_a_vqa_fraction(tmp_path):
     train.Pipeline(cfg, str(tmp_path), splits, info, tok, judge=None)
 
 
+def test_report_renders_image_caption_runs(tmp_path):
+  from infotok import report
+
+  def row(variant, seed, und, gen):
+    r = {"style": "ar", "variant": variant, "seed": seed, "gen_clip_score_test": 0.1}
+    r.update(und_bleu4_test=und, und_caption_rprec_test=und, gen_rprec_test=gen, gen_fd_test=1.0)
+    r.update({k: 0.5 for k in report.TOKENIZER})
+    return r
+
+  rows = [row("baseline", s, 0.1, 0.2) for s in (0, 1)] + [
+    row("infotok_vib", 0, 0.2, 0.1),
+    row("infotok_vib", 1, 0.4, 0.1),
+  ]
+  val = {"rate_nats": 1.0, "kl_nats": 2.0, "relevance": 0.3, "psnr_image": 20.0, "psnr_clean": 20.0}
+  info = {"chosen": {"infotok_vib": "vib_0.001"}, "tokenizers": {"baseline": {"val": val}}}
+  per_seed = {str(s): {**info, "figures": {}} for s in (0, 1)}
+  ceiling = {"test_image": {"r_precision": 0.6, "clip_score": 0.4}}
+  metrics = {"rows": rows, "per_seed": per_seed, "judge_ceiling": ceiling}
+  (tmp_path / "results.json").write_text(json.dumps({"variant": "paper", "metrics": metrics}))
+  text = report.render(str(tmp_path))
+  assert "| ar | infotok_vib | 2 | 0.300 ± 0.141 | 0.300 ± 0.141 |" in text  # BLEU, R-prec
+  assert "| ar | infotok_vib | 0.200 ± 0.141 | yes | -0.100 ± 0.000 | no |" in text
+  assert "R-precision 0.6000" in text and "VQA" not in text
+
+
 def test_report_claim_table_pairs_seeds_with_the_baseline():
   from infotok import report
 
