@@ -5,7 +5,7 @@ so the parts of the pipeline that read those are replaced here; everything else 
 regularisers, beta selection, unified styles) is the same code as on `shapes`.
 
   data           'image' (resized), 'captions' (every caption of the image, joined by
-                 `tfds_source.TEXT_SEPARATOR`), 'caption' (the first one: evaluation prompts);
+                 `tfds_source.TEXT_SEPARATOR`); the first caption is the evaluation prompt,
                  training draws one of the first `text.captions_per_image` captions per image
                  and step; splits train / val / test from TFDS split names, cut to `num_*`.
                  'clean' is the image itself (there is no nuisance-free render).
@@ -53,7 +53,7 @@ def is_caption_set(data_cfg) -> bool:
 
 
 def load_data(cfg) -> tuple[dict[str, dict], dict]:
-  """Splits train / val / test with 'image', 'clean' (= image), 'captions', 'caption'."""
+  """Splits train / val / test with 'image', 'clean' (= image) and 'captions'."""
   if not cfg.name.startswith("tfds:"):
     raise DataError(f"data.name={cfg.name!r}: image-caption sets come from TFDS ('tfds:<name>')")
   splits = {}
@@ -70,9 +70,7 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
       process_count=1,
     )
     arrays.process_local = False  # loaded whole on every process (above)
-    texts = arrays.pop(cfg.caption_feature)
-    arrays["captions"] = texts
-    arrays["caption"] = np.asarray([t.split(TEXT_SEPARATOR)[0] for t in texts])
+    arrays["captions"] = arrays.pop(cfg.caption_feature)
     arrays["clean"] = arrays["image"]
     splits[split] = arrays
   info = {"name": cfg.name, "image_shape": tuple(splits["train"]["image"].shape[1:]), "grid": None}

@@ -53,11 +53,7 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
   if cap_lib.is_caption_set(cfg):
     return cap_lib.load_data(cfg)
   options = dict(
-    resolution=cfg.resolution,
-    grid=cfg.grid,
-    min_objects=cfg.min_objects,
-    max_objects=cfg.max_objects,
-    nuisance=cfg.nuisance,
+    **scene_options(cfg),
     seed=cfg.seed,
     num_train=cfg.num_train,
     num_val=cfg.num_val,
@@ -69,13 +65,25 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
   return splits, data_lib.info(cfg.name, data_dir=data_dir, **options)
 
 
-def make_text(config, splits: dict, info: dict, workdir: str):
-  """The text tokenizer, and the splits' text as ids ('caption_ids', on `shapes` also
-  'question_ids', 'answer_ids')."""
+def scene_options(cfg) -> dict:
+  """What a `shapes` scene looks like (`config.data`): the options `load_data` builds the splits
+  with and the judge's fresh renders (`judge.render_scenes`) share."""
+  return dict(
+    resolution=cfg.resolution,
+    grid=cfg.grid,
+    min_objects=cfg.min_objects,
+    max_objects=cfg.max_objects,
+    nuisance=cfg.nuisance,
+  )
+
+
+def make_text(config, splits: dict, info: dict, workdir: str, pretrained=None):
+  """The text tokenizer (`pretrained`, when already loaded), and the splits' text as ids
+  ('caption_ids', on `shapes` also 'question_ids', 'answer_ids')."""
   caption_set = cap_lib.is_caption_set(config.data)
   word_level = config.text.tokenizer == "word_level"
   vocab = cap_lib.vocabulary(splits, config.text) if caption_set and word_level else None
-  text_tok = text_lib.make_tokenizer(config.text, vocab or info.get("vocab"), workdir)
+  text_tok = pretrained or text_lib.make_tokenizer(config.text, vocab or info.get("vocab"), workdir)
   if caption_set:
     cap_lib.add_text_ids(splits, text_tok, config.text, word_level)
   else:
@@ -423,10 +431,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for style in config.unified.styles:
     if style not in uni.STYLES:
       raise ConfigError(f"unknown unified style {style!r}; known: {uni.STYLES}")
-  if config.text.tokenizer != "word_level":  # a missing one fails now, not after the data
-    text_lib.load_pretrained(config.text.tokenizer)
+  pretrained = None  # loaded first: a missing one fails now, not after the data
+  if config.text.tokenizer != "word_level":
+    pretrained = text_lib.load_pretrained(config.text.tokenizer)
   splits, info = load_data(config.data)
-  text_tok = make_text(config, splits, info, workdir)
+  text_tok = make_text(config, splits, info, workdir, pretrained)
   t_judge = time.time()
   judge_dir = os.path.join(workdir, "judge")
   if cap_lib.is_caption_set(config.data):
@@ -492,15 +501,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _attribute_judge(config, splits, info, judge_dir):
   """The attribute judge of `shapes` (trained on fresh renders) and its ceiling per split/field."""
   if config.judge.num_scenes and not os.path.exists(os.path.join(judge_dir, "judge.npz")):
-    d = config.data
     judge_train = judge_lib.render_scenes(
-      config.judge.num_scenes,
-      resolution=d.resolution,
-      grid=d.grid,
-      min_objects=d.min_objects,
-      max_objects=d.max_objects,
-      nuisance=d.nuisance,
-      seed=config.seed + 1,
+      config.judge.num_scenes, **scene_options(config.data), seed=config.seed + 1
     )
   else:  # judge.num_scenes = 0: the training split (no held-out combinations)
     judge_train = splits["train"]

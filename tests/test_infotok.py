@@ -429,17 +429,12 @@ def test_default_run_judge_ceiling_above_95_percent():
 def test_default_config_judge_above_95_percent_on_real_renders(tmp_path):
   """The default run's judge, trained as that run trains it, on fresh real test renders."""
   from configs import infotok as config_file
+  from infotok import train
   from shared import data as data_lib
 
   cfg = config_file.get_config()
   d = cfg.data
-  scene = dict(
-    resolution=d.resolution,
-    grid=d.grid,
-    min_objects=d.min_objects,
-    max_objects=d.max_objects,
-    nuisance=d.nuisance,
-  )
+  scene = train.scene_options(d)
   train = judge_lib.render_scenes(cfg.judge.num_scenes, **scene, seed=cfg.seed + 1)
   judge = judge_lib.train_judge(cfg.judge, train, d.grid, cfg.seed, str(tmp_path))
   test = data_lib.load(
