@@ -7,7 +7,8 @@ Pieces, each usable alone from a notebook:
   make_step             jit a pure `step(state, batch) -> (state, metrics)`, donated, sharded
   loss_step             the usual step built from a loss function
   global_batch          per-process numpy batch -> global jax.Array (multi-host safe)
-  Checkpointer          orbax: keep N, every K steps, on SIGTERM, resume, refuse corrupt
+  Checkpointer          orbax: keep N, every K steps, on SIGTERM, resume, refuse corrupt; the
+                        data iterator's state (grain) beside the TrainState
   MetricWriter          metrics.jsonl always, TensorBoard when TensorFlow is importable
   train_loop            the loop: resume, step, log, progress bar, NaN guard, checkpoint, preemption
 
@@ -325,7 +326,11 @@ class Checkpointer:
   - keeps the last `keep` checkpoints, saves every `every` steps (and whenever `save` is forced),
   - `restore_or(state)` resumes from the latest step, or returns `state` untouched when none,
   - a checkpoint that fails to restore raises CheckpointError naming it; nothing is deleted, so the
-    older checkpoints stay for the user to fall back on (`--config.restore_step` style).
+    older checkpoints stay for the user to fall back on (`--config.restore_step` style),
+  - `save(step, state, data_state=...)` also keeps the data iterator's JSON state in the same step
+    (item "data", one file per process, through grain's checkpoint handler); `restore_data(step)`
+    gives it back. The state is item "default", where orbax puts a single-item checkpoint, so
+    checkpoints written before the data item existed restore unchanged.
   """
 
   def __init__(self, directory: str, *, keep: int = 2, every: int = 500):
@@ -337,7 +342,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max(int(keep), 1), create=True, enable_async_checkpointing=False
     )
-    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+    # Named items lock the manager in multi-item mode for every step, old layout or new.
+    self._mngr = ocp.CheckpointManager(
+      self.directory, options=options, item_names=(_STATE_ITEM, _DATA_ITEM)
+    )
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -348,15 +356,22 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return step % self.every == 0
 
-  def save(self, step: int, state: PyTree) -> None:
-    self._mngr.save(int(step), args=self._ocp.args.StandardSave(state), force=True)
+  def save(self, step: int, state: PyTree, data_state: Any = None) -> None:
+    """Saves `state` at `step`, with this process's data iterator state when given (JSON)."""
+    items = {_STATE_ITEM: self._ocp.args.StandardSave(state)}
+    if data_state is not None:
+      import grain.python as grain  # deferred: only runs that stream through grain save one
+
+      items[_DATA_ITEM] = grain.PyGrainCheckpointSave(_JsonIteratorState(data_state))
+    self._mngr.save(int(step), args=self._ocp.args.Composite(**items), force=True)
     self._mngr.wait_until_finished()
 
   def restore(self, step: int, target: PyTree) -> PyTree:
     """Restores `step` into the structure, dtypes and shardings of `target`."""
     abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, target)
     try:
-      return self._mngr.restore(int(step), args=self._ocp.args.StandardRestore(abstract))
+      args = self._ocp.args.Composite(**{_STATE_ITEM: self._ocp.args.StandardRestore(abstract)})
+      return self._mngr.restore(int(step), args=args)[_STATE_ITEM]
     except Exception as e:  # orbax raises many types for truncated / foreign files
       older = [s for s in self.all_steps() if s < step]
       hint = f"; older checkpoints kept: steps {older}" if older else ""
@@ -365,6 +380,24 @@ class Checkpointer:
         f"checkpoint {self.directory}/{step} cannot be restored ({first}){hint}. "
         "Move it away to resume from an older one, or use a fresh --workdir."
       ) from None
+
+  def restore_data(self, step: int) -> Any | None:
+    """This process's data iterator state saved at `step`; None when the step has none for it."""
+    if not os.path.isdir(os.path.join(self.directory, str(int(step)), _DATA_ITEM)):
+      return None
+    import grain.python as grain
+
+    holder = _JsonIteratorState()
+    try:
+      args = self._ocp.args.Composite(**{_DATA_ITEM: grain.PyGrainCheckpointRestore(holder)})
+      self._mngr.restore(int(step), args=args)
+    except Exception as e:  # no file for this process (saved by another process count), bad JSON
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      logging.warning(
+        "checkpoint %s/%d: no data iterator state restored (%s)", self.directory, step, first
+      )
+      return None
+    return holder.state
 
   def restore_or(self, state: PyTree) -> tuple[PyTree, int | None]:
     """(restored latest, its step) or (state, None) when there is no checkpoint."""
@@ -382,6 +415,26 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+_STATE_ITEM = "default"  # orbax's name for a single-item checkpoint: the layout before `data`
+_DATA_ITEM = "data"
+
+
+class _JsonIteratorState:
+  """Holds a JSON state in the shape grain's checkpoint handler saves and restores (bytes)."""
+
+  def __init__(self, state: Any = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state.decode())
+
+  def start_prefetch(self) -> None:  # grain's handler calls it after set_state
+    pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,6 +600,8 @@ def train_loop(
     step_fn: a jitted `step(state, batch) -> (state, metrics)` (see `make_step`).
     batches: `start_step -> iterator` of per-process numpy batches; batch k of the stream must be
       the same whatever start_step (see `shared.data.batches`), so a resumed run is bit-identical.
+      An iterator with `get_state` / `set_state` (`shared.data.streaming.batches`) has its state
+      saved in each checkpoint and set from it on resume.
     num_steps: total optimizer steps for this stage.
     data_sharding: where batches go (`batch_sharding(mesh)`).
     checkpointer: saves every `checkpointer.every` steps, at the end and on SIGTERM; None = never.
@@ -567,6 +622,7 @@ def train_loop(
     Preempted: after SIGTERM, once the state was saved.
   """
   ckpt_dir = checkpointer.directory if checkpointer else None
+  restored = None
   if checkpointer is not None:
     state, restored = checkpointer.restore_or(state)
     if restored is not None:
@@ -580,6 +636,12 @@ def train_loop(
   pending: list[Metrics] = []
   window_start = time.perf_counter()
   it = batches(start)
+  # Iterators with a state (grain's) are checkpointed with the TrainState and restored from it.
+  stateful = hasattr(it, "get_state") and hasattr(it, "set_state")
+  if stateful and restored is not None:
+    data_state = checkpointer.restore_data(restored)
+    if data_state is not None:
+      it.set_state(data_state)
   step = start
   try:
     with _SigtermFlag() as sigterm:
@@ -612,7 +674,7 @@ def train_loop(
         if checkpointer is not None and (
           checkpointer.should_save(step) or step == num_steps or sigterm.raised
         ):
-          checkpointer.save(step, state)
+          checkpointer.save(step, state, data_state=it.get_state() if stateful else None)
         if sigterm.raised:
           raise Preempted(f"{stage}: SIGTERM at step {step}; checkpoint saved in {ckpt_dir}")
   finally:
