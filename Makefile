@@ -1,5 +1,5 @@
 # Set-up is automatic: `make test` and `make demo` create .venv and install the project
-# (with the data and test extras) when it is missing or pyproject.toml changed.
+# (with the data, test and stream extras) when it is missing or pyproject.toml changed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[data,test]'
+	$(PY) -m pip install -q -e '.[data,test,stream]'
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no tests: say so plainly instead of failing obscurely.

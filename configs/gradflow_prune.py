@@ -15,8 +15,8 @@ Variants:
            to ~50% MACs with the same 60 training steps each (2 CPU cores).
   compare  the same on a GPU, + the iterative ablations (lam0, gamma0, k1): 3 seeds, keep 0.7
            and 0.5, 2,000 training steps, 2,048 samples with DDIM-50 for FD.
-  paper    CIFAR-10 (TFDS) from a supplied google/ddpm-cifar10-32 state dict, Diff-Pruning's ratios
-           (keep 0.7 and 0.5), 100K fine-tuning steps, DDIM 100 quad.
+  paper    CIFAR-10 (built in) from a supplied google/ddpm-cifar10-32 state dict, Diff-Pruning's
+           ratios (keep 0.7 and 0.5), 100K fine-tuning steps, DDIM 100 quad.
 """
 
 import ml_collections
@@ -39,7 +39,7 @@ def get_config(arg=None):
 
   cfg.data = ml_collections.ConfigDict(
     dict(
-      name="digits" if tiny else "tfds:cifar10" if paper else "mnist5k",
+      name="digits" if tiny else "cifar10" if paper else "mnist5k",
       data_dir="",
       image_size=0 if (tiny or paper) else 32,  # mnist5k 28x28 zero-padded to 32x32
     )

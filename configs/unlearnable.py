@@ -11,7 +11,7 @@ Variants:
            seed, weaker nuisance) for data-wise transfer; clean vs random vs EM vs TUE vs dist
            (+ LSP, AR, OPS, class-wise EM), every victim, 3 seeds, on 2 CPU cores.
   compare  the same comparison at 32x32 with more data and a wider ResNet-18 (for a GPU).
-  paper    CIFAR-10 / CIFAR-100 / SVHN (`dataset=`) via TFDS, ResNet-18, the EM and TUE
+  paper    CIFAR-10 (built in) / CIFAR-100 / SVHN (TFDS) by `dataset=`, ResNet-18, the EM and TUE
            hyper-parameters (Huang et al. 2021; Ren et al. 2023, renjie3/TUE demo.sh).
 See docs/unlearnable.md for what each field reconstructs and why.
 """
@@ -21,7 +21,8 @@ import ml_collections
 from shared import config_utils
 
 VARIANTS = ("tiny", "compare", "paper")
-TFDS = {"cifar10": "tfds:cifar10", "cifar100": "tfds:cifar100", "svhn": "tfds:svhn_cropped"}
+# CIFAR-10 is built in (`python -m shared.data.prepare cifar10`); the others come from TFDS.
+DATASETS = {"cifar10": "cifar10", "cifar100": "tfds:cifar100", "svhn": "tfds:svhn_cropped"}
 
 
 def _shapes(resolution, num_train, num_test, seed=0, nuisance=1.0):
@@ -49,7 +50,7 @@ def _shapes(resolution, num_train, num_test, seed=0, nuisance=1.0):
   )
 
 
-def _tfds(name):
+def _named(name):
   return ml_collections.ConfigDict(
     dict(
       name=name,
@@ -76,13 +77,13 @@ def get_config(arg=None):
 
   # -- data -------------------------------------------------------------------------------------
   if paper:
-    if args.dataset not in TFDS:
-      raise config_utils.ConfigError(f"dataset={args.dataset!r}; known: {', '.join(TFDS)}")
-    cfg.data = _tfds(TFDS[args.dataset])
+    if args.dataset not in DATASETS:
+      raise config_utils.ConfigError(f"dataset={args.dataset!r}; known: {', '.join(DATASETS)}")
+    cfg.data = _named(DATASETS[args.dataset])
     # Data-wise transfer keeps 10 classes: CIFAR-10 noise onto SVHN (class k -> digit k), and
     # SVHN noise onto CIFAR-10; CIFAR-100 has no 100-class partner, so it transfers to itself.
     target = {"cifar10": "svhn", "svhn": "cifar10", "cifar100": "cifar100"}[args.dataset]
-    transfer_data = _tfds(TFDS[target])
+    transfer_data = _named(DATASETS[target])
   elif compare:
     cfg.data = _shapes(32, 10_000, 2_000)
     transfer_data = _shapes(32, 10_000, 2_000, seed=1, nuisance=0.5)

@@ -168,7 +168,7 @@ def _train_batches(images01: np.ndarray, batch_size: int, seed: int):
 
   def batches(start):
     for b in data_lib.batches(arrays, batch_size, seed=seed, start_step=start):
-      yield {"image": diffusion.to_model_range(b["image"]).astype(np.float32)}
+      yield {"image": diffusion.to_model_range(data_lib.to_float(b["image"])).astype(np.float32)}
 
   return batches
 
@@ -398,7 +398,7 @@ def _score_batches(config, train01, seed: int, k: int, sched):
   out = []
   for _ in range(max(pc.grasp_batches, 1)):
     idx = rng.choice(len(train01), pc.score_batch_size, replace=False)
-    x0 = diffusion.to_model_range(jnp.asarray(train01[idx]))
+    x0 = diffusion.to_model_range(data_lib.to_float(jnp.asarray(train01[idx])))
     t_B = jnp.asarray(rng.integers(0, sched.num_timesteps, pc.score_batch_size), jnp.int32)
     noise = jnp.asarray(rng.standard_normal(x0.shape), jnp.float32)
     out.append((x0, t_B, noise))
@@ -673,7 +673,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     config.diffusion.num_timesteps, config.diffusion.beta_start, config.diffusion.beta_end
   )
   train, test = _load_split(config, "train"), _load_split(config, "test")
-  data = {"train": np.asarray(train["image"], np.float32)}
+  data = {"train": train["image"]}  # uint8 (float per batch, on the device)
   model_config = _model_config(config, data["train"].shape[1:])
   tools: dict = {}
   teacher = get_teacher(config, workdir, model_config, data["train"], tools, sched, mesh)

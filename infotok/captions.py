@@ -55,7 +55,10 @@ def is_caption_set(data_cfg) -> bool:
 def load_data(cfg) -> tuple[dict[str, dict], dict]:
   """Splits train / val / test with 'image', 'clean' (= image) and 'captions'."""
   if not cfg.name.startswith("tfds:"):
-    raise DataError(f"data.name={cfg.name!r}: image-caption sets come from TFDS ('tfds:<name>')")
+    raise DataError(
+      f"data.name={cfg.name!r}: InfoTok needs captions: the built-in 'shapes' scenes or a TFDS "
+      "image-caption set ('tfds:<name>')"
+    )
   splits = {}
   for split in SPLITS:
     source, n = cfg.tfds_splits[split], cfg[f"num_{split}"]
@@ -69,6 +72,7 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
       process_index=0,
       process_count=1,
     )
+    arrays = data_lib.images_to_float(arrays)
     arrays.process_local = False  # loaded whole on every process (above)
     arrays["captions"] = arrays.pop(cfg.caption_feature)
     arrays["clean"] = arrays["image"]
@@ -160,7 +164,8 @@ class RetrievalJudge(judge_lib.Batched):
 
   def features(self, images) -> np.ndarray:
     """Unit image embeddings (the feature space of FD)."""
-    return _unit(self._batched(self._image, np.asarray(images, np.float32)))
+    images = data_lib.to_float(np.asarray(images)).astype(np.float32)
+    return _unit(self._batched(self._image, images))
 
   def text_features(self, ids) -> np.ndarray:
     return _unit(self._batched(self._text, np.asarray(ids, np.int32)))

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from shared import train_lib
+from shared.data.convert import to_float
 
 NUM_SHAPES, NUM_COLOURS, NUM_SIZES = 5, 6, 2
 
@@ -175,7 +176,7 @@ class Judge(Batched):
     self._logits = jax.jit(lambda p, x: self.net.apply({"params": p}, x))
 
   def _batched(self, fn, images):
-    return super()._batched(fn, np.asarray(images, np.float32))
+    return super()._batched(fn, to_float(np.asarray(images)).astype(np.float32))
 
   def predict(self, images) -> dict[str, np.ndarray]:
     shape, colour, size = self._batched(self._logits, images)
@@ -270,7 +271,6 @@ def render_scenes(
     grid=grid,
     strength=nuisance,
   )
-  to_float = lambda a: a.astype(np.float32) / np.float32(255.0)
   return {"image": to_float(image), "clean": to_float(clean), **attrs}
 
 

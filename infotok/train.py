@@ -61,7 +61,11 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
     num_heldout=cfg.num_heldout,
   )
   data_dir = cfg.data_dir or None
-  splits = {s: data_lib.load(cfg.name, s, data_dir=data_dir, **options) for s in SPLITS}
+  # InfoTok's host code (judge, metrics, tokens) works on whole float splits of small scenes.
+  splits = {
+    s: data_lib.images_to_float(data_lib.load(cfg.name, s, data_dir=data_dir, **options))
+    for s in SPLITS
+  }
   return splits, data_lib.info(cfg.name, data_dir=data_dir, **options)
 
 

@@ -15,6 +15,7 @@ import optax
 
 from mcae.augment import augment
 from mcae.pretrain import vit_kwargs
+from shared.data.convert import to_float
 from shared.errors import ConfigError
 from shared.models.resnet import ResNet18
 from shared.models.vit import ViTClassifier, vit_size
@@ -78,7 +79,7 @@ def make_loss(model: nn.Module, ft_cfg):
   batch_stats = uses_batch_stats(model)
 
   def loss_fn(params, model_state, batch, rng):
-    x = augment(rng, batch["image"], flip=ft_cfg.flip, pad=ft_cfg.pad)
+    x = augment(rng, to_float(batch["image"]), flip=ft_cfg.flip, pad=ft_cfg.pad)
     if batch_stats:
       logits_BxK, new_state = model.apply(
         {"params": params, **model_state}, x, train=True, mutable=["batch_stats"]
@@ -100,7 +101,8 @@ def make_score(model: nn.Module):
   """`(params, model_state, images) -> liveness scores_B` (logit live - logit spoof)."""
 
   def score(params, model_state, images_BxHxWxC):
-    logits_BxK = model.apply({"params": params, **model_state}, images_BxHxWxC, train=False)
+    x = to_float(images_BxHxWxC)  # uint8 until here
+    logits_BxK = model.apply({"params": params, **model_state}, x, train=False)
     return logits_BxK[:, 1] - logits_BxK[:, 0]
 
   return score

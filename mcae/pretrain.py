@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from mcae.augment import augment
 from mcae.supcon import positive_groups, supcon_loss
+from shared.data.convert import to_float
 from shared.errors import ConfigError
 from shared.masks import random_masking
 from shared.models.vit import MAE, ViTEncoder, mae_loss, patchify, vit_size
@@ -131,7 +132,7 @@ def make_loss(model_cfg, pre_cfg, dtype, *, num_domains: int, num_attacks: int):
 
   def loss_fn(params, model_state, batch, rng):
     k_aug, k_mask = jax.random.split(rng)
-    images_BxHxWxC = batch["image"]
+    images_BxHxWxC = to_float(batch["image"])  # uint8 until here
     views = [
       augment(jax.random.fold_in(k_aug, v), images_BxHxWxC, flip=pre_cfg.flip, pad=pre_cfg.pad)
       for v in range(pre_cfg.views)

@@ -163,3 +163,14 @@ def test_collectives_counts_ops_and_elements_of_hlo_text():
     "all-reduce": {"ops": 1, "elements": 3 * 3 * 8 * 8 + 8},
     "all-gather": {"ops": 1, "elements": 64},
   }
+
+
+def test_input_pipeline_prints_a_row_per_case(capsys):
+  from benchmarks import input_pipeline
+
+  input_pipeline.main(
+    ["--what", "memory,grain", "--rows", "600", "--batch", "64", "--steps", "3", "--feed"]
+  )
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["case"] for r in rows] == ["memory", "grain/workers=0"]
+  assert all(r["img_per_s"] > 0 and r["feed"] for r in rows)

@@ -39,9 +39,10 @@ def test_builtin_loads_with_shapes_dtypes_ranges(data_dir, name, sizes, image_sh
   for split, size in zip(("train", "test"), sizes, strict=True):
     arrays = data.load(name, split, data_dir=data_dir)
     assert arrays["image"].shape == (size, *image_shape)
-    assert arrays["image"].dtype == np.float32 and arrays["label"].dtype == np.int32
-    assert arrays["image"].min() >= 0.0 and arrays["image"].max() <= 1.0
-    assert arrays["image"].max() == 1.0  # Scaled to the full range, not left in 0..16 or 0..255.
+    # Held as uint8 on the host; float only on the device (`data.to_float`).
+    assert arrays["image"].dtype == np.uint8 and arrays["label"].dtype == np.int32
+    assert arrays["image"].max() == 255  # Scaled to the full range, not left in 0..16.
+    assert data.to_float(arrays["image"]).max() == 1.0
     assert set(np.unique(arrays["label"])) == set(range(10))
 
 
@@ -97,8 +98,8 @@ def test_shapes_fields(shapes_splits):
   arrays = shapes_splits["train"]
   n, k = SMALL["num_train"], info["max_objects"]
   expected = {
-    "image": ((n, 32, 32, 3), np.float32),
-    "clean": ((n, 32, 32, 3), np.float32),
+    "image": ((n, 32, 32, 3), np.uint8),
+    "clean": ((n, 32, 32, 3), np.uint8),
     "label": ((n,), np.int32),
     "shape": ((n, k), np.int32),
     "colour": ((n, k), np.int32),
@@ -124,9 +125,9 @@ def test_shapes_fields(shapes_splits):
 
 def test_shapes_pixels_are_mid_range_not_saturated(shapes_splits):
   for key in ("image", "clean"):
-    pixels = shapes_splits["train"][key]
+    pixels = data.to_float(shapes_splits["train"][key])
     assert pixels.min() >= 0.03 and pixels.max() <= 0.97, key
-  lo, hi = np.percentile(shapes_splits["train"]["image"], [1, 99])
+  lo, hi = np.percentile(data.to_float(shapes_splits["train"]["image"]), [1, 99])
   assert 0.1 < lo < 0.3 and 0.7 < hi < 0.9
   # The nuisance is there: the noisy image differs from the clean one well beyond 8-bit steps.
   diff = shapes_splits["train"]["image"] - shapes_splits["train"]["clean"]
@@ -209,7 +210,7 @@ def test_shapes_answers_are_right(shapes_splits):
 def test_shapes_render_reproduces_clean(shapes_splits):
   arrays = shapes_splits["val"]
   attributes = {k: arrays[k] for k in ("shape", "colour", "size", "pos", "offset")}
-  np.testing.assert_array_equal(shapes.render(attributes), arrays["clean"])
+  np.testing.assert_array_equal(shapes.render(attributes), data.to_float(arrays["clean"]))
   scenes = [[("circle", "red", "large", "center")], [(1, 2, 0, 0), ("cross", "cyan", "small", 8)]]
   images = shapes.render(scenes)
   assert images.shape == (2, 32, 32, 3) and images.dtype == np.float32
@@ -279,7 +280,7 @@ def test_registered_builder_is_validated(tmp_path, monkeypatch):
     return {"image": np.zeros((3, 2, 2, 1), np.uint8), "label": label}
 
   arrays = data.load("toy", "train", data_dir=str(tmp_path))
-  assert arrays["image"].dtype == np.float32
+  assert arrays["image"].dtype == np.uint8
   assert data.info("toy") == {
     "name": "toy",
     "splits": ["train"],
@@ -405,8 +406,7 @@ def test_tfds_under_mock_data(tmp_path, monkeypatch):
     )
     info = data.info("tfds:mnist", data_dir=str(tmp_path))
     resized = data.load("tfds:mnist", "test", data_dir=str(tmp_path), image_size=32)
-  assert arrays["image"].shape == (12, 28, 28, 1) and arrays["image"].dtype == np.float32
-  assert arrays["image"].min() >= 0.0 and arrays["image"].max() <= 1.0
+  assert arrays["image"].shape == (12, 28, 28, 1) and arrays["image"].dtype == np.uint8
   assert arrays["label"].dtype == np.int32 and arrays["label"].max() < 10
   assert arrays.process_local
   expected_split = tfds.split_for_jax_process("train", process_index=1, process_count=2)

@@ -34,7 +34,7 @@ def _load(config_data, split):
   images, labels = arrays["image"], arrays["label"].astype(np.int32)
   if n and n < len(labels):
     images, labels = images[:n], labels[:n]
-  return {"image": np.asarray(images, np.float32), "label": np.asarray(labels, np.int32)}
+  return {"image": data_lib.to_float(np.asarray(images)), "label": np.asarray(labels, np.int32)}
 
 
 def _num_classes(config_data, *label_arrays) -> int:

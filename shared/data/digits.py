@@ -20,11 +20,11 @@ def _info(seed: int = 0, test_size: int = 297, val_size: int = 0) -> dict:
   }
 
 
-@register("digits", splits=("train", "val", "test"), info=_info)
+@register("digits", splits=("train", "val", "test"), info=_info, version=2)
 def build(
   split: str, data_dir: str, *, seed: int = 0, test_size: int = 297, val_size: int = 0
 ) -> dict[str, np.ndarray]:
-  """8x8x1 images in [0, 1] (the raw 0..16 intensities / 16) and int32 labels.
+  """8x8x1 uint8 images (the raw 0..16 intensities scaled to 0..255, rounded) and int32 labels.
 
   Args:
     split: 'train', 'val' or 'test'; by default 1,500 / 0 / 297 rows of a permutation from `seed`.
@@ -34,5 +34,5 @@ def build(
 
   x, y = load_digits(return_X_y=True)
   rows = partition(len(x), split, seed=seed, test_size=test_size, val_size=val_size)
-  image = (x[rows] / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
+  image = np.round(x[rows] * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 8, 8, 1)
   return {"image": image, "label": y[rows].astype(np.int32)}

@@ -144,7 +144,7 @@ def build(
     seed: draws the content partition and every rendering parameter.
 
   Returns:
-    'image' uint8 [N, res, res, 3] (float32 after `load`), 'label', 'attack', 'domain', 'subject'.
+    'image' uint8 [N, res, res, 3], 'label', 'attack', 'domain', 'subject'.
   """
   del data_dir  # Made from scikit-image's shipped images; nothing to read.
   _check(resolution, num_train, num_val, num_test)

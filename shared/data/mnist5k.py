@@ -60,7 +60,7 @@ def build(
   channels: int = 1,
   path: str | None = None,
 ) -> dict[str, np.ndarray]:
-  """28x28 uint8 digits (float32 in [0, 1] after `load`) and int32 labels.
+  """28x28 uint8 digits and int32 labels.
 
   Args:
     split: 'train', 'val' or 'test'; by default 4,000 / 0 / 1,000 rows of a permutation from `seed`.
@@ -114,5 +114,5 @@ def reshape_image(image: np.ndarray, size: int, resize: str) -> np.ndarray:
     )
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
   raise DataError(
-    f"mnist5k: cannot {resize!r} 28x28 digits to {size}x{size}; use 'pad' or 'resize'"
+    f"cannot {resize!r} {height}x{height} images to {size}x{size}; use 'pad' or 'resize'"
   )

@@ -1,8 +1,9 @@
 """The data registry: `register` builders, `load` splits (cached as .npz), describe with `info`.
 
 A builder is `fn(split, data_dir, **options) -> dict[str, np.ndarray]`, every array with the same
-number of rows. Builders may return images as uint8 NHWC in [0, 255]; `load` turns every uint8
-array of rank 4 into float32 in [0, 1], so caches stay small and all sets look alike to callers.
+number of rows. Images are uint8 NHWC in [0, 255], and `load` keeps them so: a split of CIFAR-10
+is 154 MB in host memory as uint8 (614 MB as float32). They become float on the device, inside
+the jitted step or batch function (`shared.data.to_float`).
 Names of the form `tfds:<name>[:<version>]` go to TensorFlow Datasets instead (`tfds_source`).
 """
 
@@ -20,23 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from shared.data.split import Split
 from shared.errors import DataError
 
 Builder = Callable[..., dict[str, np.ndarray]]
 TFDS_PREFIX = "tfds:"
-
-
-class Split(dict):
-  """The arrays of one split (a dict name -> array, equal rows) and how they sit among processes.
-
-  `process_local` is True when each process holds only its own part of the split (TFDS loads with
-  `tfds.split_for_jax_process`), False when every process holds the whole split (built-in sets).
-  `shard_size` is then the largest part any process holds, so evaluation can pad all processes to
-  the same number of batches.
-  """
-
-  process_local: bool = False
-  shard_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +89,7 @@ def default_data_dir() -> str:
 def load(
   name: str, split: str, *, data_dir: str | None = None, **options: Any
 ) -> dict[str, np.ndarray]:
-  """Loads one whole split into memory: 'image' float32 NHWC in [0, 1], 'label' int32, extras.
+  """Loads one whole split into memory: 'image' uint8 NHWC, 'label' int32, extras.
 
   Built-in sets are the same on every process; `tfds:` sets hold this process's part only (see
   `Split.process_local`), which `batches` and `eval_batches` take into account.
@@ -124,7 +113,6 @@ def load(
     options = _bind_options(dataset, split, data_dir, options)
     arrays = _cached_build(dataset, split, data_dir, options)
     info_ = dataset.info(**options) if dataset.info else None
-  arrays = _to_float_images(arrays)
   _validate(name, split, arrays, info_)
   return arrays
 
@@ -204,16 +192,6 @@ def _save_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
     logging.warning("could not cache %s (%s)", path, e)
 
 
-def _to_float_images(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  out = Split(arrays)
-  out.process_local = getattr(arrays, "process_local", False)
-  out.shard_size = getattr(arrays, "shard_size", None)
-  for k, v in arrays.items():
-    if v.dtype == np.uint8 and v.ndim == 4:
-      out[k] = v.astype(np.float32) / np.float32(255.0)
-  return out
-
-
 def _validate(name: str, split: str, arrays: dict[str, np.ndarray], info_: dict | None) -> None:
   """Checks the invariants every caller relies on, naming the data set and field at fault."""
   where = f"data set {name!r} split {split!r}"
@@ -225,8 +203,8 @@ def _validate(name: str, split: str, arrays: dict[str, np.ndarray], info_: dict 
   if sizes["image"] == 0:
     raise DataError(f"{where} is empty (0 examples); check its size options")
   image = arrays["image"]
-  if image.ndim != 4 or image.dtype != np.float32:
-    raise DataError(f"{where}: 'image' must be float32 NHWC, got {image.dtype} {image.shape}")
+  if image.ndim != 4 or image.dtype not in (np.uint8, np.float32):
+    raise DataError(f"{where}: 'image' must be uint8 NHWC, got {image.dtype} {image.shape}")
   if info_ and "image_shape" in info_ and tuple(image.shape[1:]) != tuple(info_["image_shape"]):
     raise DataError(
       f"{where}: 'image' has shape {image.shape[1:]}, expected {tuple(info_['image_shape'])}"

@@ -123,7 +123,7 @@ def build(
     num_train, num_val, num_test, num_heldout: split sizes.
 
   Returns:
-    'image', 'clean' (uint8 here, float32 [0, 1] after `load`), 'label', per-object 'shape',
+    'image', 'clean' (uint8), 'label', per-object 'shape',
     'colour', 'size', 'pos' ([N, max_objects], -1 where absent), 'offset' ([N, max_objects, 2]
     sub-cell jitter in cell units), 'n_objects', 'caption', 'question', 'answer' (token ids) and
     'question_type' (an index into `info()['question_types']`).

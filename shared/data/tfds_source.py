@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.data.registry import Split
+from shared.data.split import Split
 from shared.errors import DataError
 
 OPTIONS = ("image_size", "label_key", "features", "process_index", "process_count")

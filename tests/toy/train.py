@@ -26,7 +26,7 @@ class MLP(nn.Module):
 def make_loss(model, nan_at_step):
   def loss_fn(params, model_state, batch, rng):
     del rng
-    logits = model.apply({"params": params}, batch["image"])
+    logits = model.apply({"params": params}, data_lib.to_float(batch["image"]))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     acc = (logits.argmax(-1) == batch["label"]).mean()
     return loss, ({"accuracy": acc}, model_state)
@@ -91,5 +91,5 @@ def train_and_evaluate(config, workdir):
   )
   ckpt.close()
   writer.close()
-  logits = model.apply({"params": state.params}, test["image"])
+  logits = model.apply({"params": state.params}, data_lib.to_float(test["image"]))
   return {"test_accuracy": float((np.asarray(logits).argmax(-1) == test["label"]).mean())}
