@@ -4,6 +4,7 @@
     python -m unlearnable --config configs/unlearnable.py:tiny --workdir /tmp/ue_tiny
     python -m unlearnable --config configs/unlearnable.py:compare --workdir runs/ue_compare  # GPU
     python -m unlearnable --config configs/unlearnable.py:paper,dataset=cifar100 --workdir ...
+    python -m unlearnable --config configs/unlearnable.py:tiny,dataset=cifar10 --workdir ...
 
 Variants:
   tiny     seconds; every method and victim on a few hundred images (tests).
@@ -50,21 +51,22 @@ def _shapes(resolution, num_train, num_test, seed=0, nuisance=1.0):
   )
 
 
-def _named(name):
+def _named(name, num_train=0, num_test=0, **options):
   return ml_collections.ConfigDict(
     dict(
       name=name,
       data_dir="",
       train_split="train",
       test_split="test",
-      max_examples={"train": 0, "test": 0},
-      options={},
+      max_examples={"train": num_train, "test": num_test},  # 0 = the whole split.
+      options=options,
     )
   )
 
 
 def get_config(arg=None):
-  args = config_utils.parse_arg(arg, variants=VARIANTS, dataset="cifar10")
+  # dataset: the protected set; paper's default is cifar10, the other variants' `shapes`.
+  args = config_utils.parse_arg(arg, variants=VARIANTS, dataset="")
   v = args.variant
   tiny, compare, paper = v == "tiny", v == "compare", v == "paper"
   cfg = ml_collections.ConfigDict()
@@ -76,14 +78,21 @@ def get_config(arg=None):
   cfg.generator = "tue"  # What `unlearnable.generate(config, ...)` makes unless method= is given.
 
   # -- data -------------------------------------------------------------------------------------
+  dataset = args.dataset or ("cifar10" if paper else "")
+  if dataset and dataset not in DATASETS:
+    raise config_utils.ConfigError(f"dataset={dataset!r}; known: {', '.join(DATASETS)}")
   if paper:
-    if args.dataset not in DATASETS:
-      raise config_utils.ConfigError(f"dataset={args.dataset!r}; known: {', '.join(DATASETS)}")
-    cfg.data = _named(DATASETS[args.dataset])
+    cfg.data = _named(DATASETS[dataset])
     # Data-wise transfer keeps 10 classes: CIFAR-10 noise onto SVHN (class k -> digit k), and
     # SVHN noise onto CIFAR-10; CIFAR-100 has no 100-class partner, so it transfers to itself.
-    target = {"cifar10": "svhn", "svhn": "cifar10", "cifar100": "cifar100"}[args.dataset]
+    target = {"cifar10": "svhn", "svhn": "cifar10", "cifar100": "cifar100"}[dataset]
     transfer_data = _named(DATASETS[target])
+  elif dataset:  # A real set at the variant's size (first rows), e.g. `tiny,dataset=cifar10`.
+    n_train, n_test = {"tiny": (256, 128), "compare": (10_000, 2_000)}.get(v, (2_000, 1_000))
+    cfg.data = _named(DATASETS[dataset], n_train, n_test)
+    # Data-wise transfer onto built-in MNIST digits (class k -> digit k) at 32x32x3, as the
+    # paper pairs CIFAR-10 with SVHN, without needing TFDS.
+    transfer_data = _named("mnist", n_train, n_test, image_size=32, channels=3)
   elif compare:
     cfg.data = _shapes(32, 10_000, 2_000)
     transfer_data = _shapes(32, 10_000, 2_000, seed=1, nuisance=0.5)

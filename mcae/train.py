@@ -435,11 +435,13 @@ def run_one(ctx: Context, spec: str, seed: int, proto: Protocol, splits) -> dict
 def _load_splits(config):
   options = config.data.options.to_dict()
   data_dir = config.data.data_dir or None
-  info = data_lib.info(config.data.name, data_dir=data_dir, **options)
-  if "domains" not in info:
+  # Ask for the domains first with the set's own defaults: another set (e.g. cifar10) would
+  # otherwise fail on the FAS options before saying what it lacks.
+  if "domains" not in data_lib.info(config.data.name, data_dir=data_dir):
     raise ConfigError(
       f"data set {config.data.name!r} has no capture domains; use fas_proxy or fas_json"
     )
+  info = data_lib.info(config.data.name, data_dir=data_dir, **options)
   splits = {
     s: data_lib.load(config.data.name, s, data_dir=data_dir, **options)
     for s in ("train", "val", "test")

@@ -26,6 +26,7 @@ from shared import data
 from shared.data import prepare, real_sets
 from shared.errors import DataError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN_BATCH, N_TEST = 4, 6  # synthetic CIFAR-10: 5 x 4 train images, 6 test images
 
 
@@ -286,7 +287,7 @@ def test_unprepared_set_in_a_method_is_one_line_exit_2(tmp_path):
     "--workdir", str(tmp_path / "run"), "--config.data.name=cifar10",
     f"--config.data.data_dir={tmp_path / 'empty'}",
   ]  # fmt: skip
-  done = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(__file__) + "/..")
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   assert done.returncode == 2, done.stderr[-2000:]
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "shared.data.prepare cifar10" in last
@@ -327,7 +328,7 @@ def test_loading_cifar10_sized_split_stays_under_400_mb(tmp_path):
   )
   done = subprocess.run(
     [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
-    cwd=os.path.dirname(__file__) + "/..",
+    cwd=ROOT,
   )  # fmt: skip
   rise_mb, dtype, shape = done.stdout.split(maxsplit=2)
   assert dtype == "uint8" and shape.startswith("(50000, 32, 32, 3)")
@@ -379,3 +380,41 @@ def test_real_set_counts_and_channel_means(name):
   np.testing.assert_allclose(mean, expected["mean"], atol=5e-4)
   if name == "cifar10":
     assert train["label"][:5].tolist() == [6, 9, 9, 4, 1]  # the original batch order
+
+
+def _synthetic_entry(data_dir, name, n_train, n_test, shape):
+  """A prepared entry of random images (the loader reads only these files and the manifest)."""
+  entry = data_dir / name / "prepared-v1"
+  entry.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for split, n in (("train", n_train), ("test", n_test)):
+    np.save(entry / f"{split}_image.npy", rng.integers(0, 256, (n, *shape), dtype=np.uint8))
+    np.save(entry / f"{split}_label.npy", (np.arange(n) % 10).astype(np.int32))
+  (entry / "manifest.json").write_text("{}")
+
+
+def _method(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_methods_name_the_real_sets(tmp_path):
+  """unlearnable runs on `dataset=cifar10`; MCAE and InfoTok say in one line why they cannot."""
+  _synthetic_entry(tmp_path, "cifar10", 300, 150, (32, 32, 3))
+  data_flag = f"--config.data.data_dir={tmp_path}"
+  done = _method(
+    "unlearnable", "--config", "configs/unlearnable.py:tiny,dataset=cifar10",
+    "--workdir", str(tmp_path / "ue"), data_flag,
+    "--config.methods=('clean','random')", "--config.victims=('supervised',)",
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr[-2000:]
+  results = json.loads((tmp_path / "ue" / "results.json").read_text())
+  assert results["metrics"]["num_classes"] == 10
+  assert results["config"]["data"]["name"] == "cifar10"
+  for pkg, why in (("mcae", "no capture domains"), ("infotok", "InfoTok needs captions")):
+    done = _method(
+      pkg, "--config", f"configs/{pkg}.py:tiny", "--workdir", str(tmp_path / pkg),
+      "--config.data.name=cifar10", data_flag,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines[-1].startswith("error: ") and why in lines[-1], lines
