@@ -42,6 +42,11 @@ def get_config(arg=None):
       name="digits" if tiny else "cifar10" if paper else "mnist5k",
       data_dir="",
       image_size=0 if (tiny or paper) else 32,  # mnist5k 28x28 zero-padded to 32x32
+      # Input pipeline of the training stages (shared/data/pipeline.py): 'memory' | 'grain'
+      # (streamed from stream_source, or from the loaded split written once to ArrayRecord).
+      pipeline="memory",
+      stream_source="",
+      worker_count=0,
     )
   )
 

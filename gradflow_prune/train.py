@@ -28,6 +28,7 @@ from flax import traverse_util
 from gradflow_prune import criteria, diffusion, evaluate, prune, surgery, torch_import
 from shared import data as data_lib
 from shared import report, train_lib
+from shared.data import pipeline
 from shared.errors import CheckpointError, ConfigError
 from shared.models import unet
 
@@ -163,14 +164,15 @@ def _load_split(config, split: str) -> dict:
   return data_lib.load(config.data.name, split, data_dir=config.data.data_dir or None, **options)
 
 
-def _train_batches(images01: np.ndarray, batch_size: int, seed: int):
-  arrays = {"image": images01}
+def _train_batches(config, images01: np.ndarray, batch_size: int, seed: int, cache_dir: str):
+  """`start_step -> batches` in the model's [-1, 1] range, from `config.data.pipeline`."""
 
-  def batches(start):
-    for b in data_lib.batches(arrays, batch_size, seed=seed, start_step=start):
-      yield {"image": diffusion.to_model_range(data_lib.to_float(b["image"])).astype(np.float32)}
+  def to_model(b):
+    return {"image": diffusion.to_model_range(data_lib.to_float(b["image"])).astype(np.float32)}
 
-  return batches
+  return pipeline.train_batches(
+    config.data, {"image": images01}, batch_size, seed=seed, cache_dir=cache_dir, transform=to_model
+  )
 
 
 def _model_config(config, image_shape) -> dict:
@@ -220,7 +222,7 @@ def pretrain_teacher(config, workdir, model_config, images01, tools, sched, mesh
     state = train_lib.train_loop(
       state=state,
       step_fn=step,
-      batches=_train_batches(images01, pc.batch_size, config.seed),
+      batches=_train_batches(config, images01, pc.batch_size, config.seed, workdir),
       num_steps=pc.steps,
       data_sharding=kit.data_sharding,
       checkpointer=ckpt,
@@ -505,7 +507,7 @@ def run_one(
           done = done or 0
           if done:
             logging.info("%s: resumed after flow iteration %d of %d", label, done, fc.iterations)
-          batches = _train_batches(data["train"], pc.batch_size, seed)
+          batches = _train_batches(config, data["train"], pc.batch_size, seed, workdir)
 
           masks_sharding = train_lib.replicated(mesh)
 
@@ -571,7 +573,7 @@ def run_one(
         state = train_lib.train_loop(
           state=state,
           step_fn=step,
-          batches=_train_batches(data["train"], pc.batch_size, seed + 1),
+          batches=_train_batches(config, data["train"], pc.batch_size, seed + 1, workdir),
           num_steps=finetune_steps,
           data_sharding=small.data_sharding,
           checkpointer=ckpt,
