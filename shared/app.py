@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from shared import workdir as workdir_lib
 from shared.errors import ConfigError, UserError
 
 TrainFn = Callable[[Any, str], Mapping[str, Any]]
@@ -151,21 +152,8 @@ def _diff_keys(a, b, prefix=""):
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:
-  """Atomic JSON write (tmp file + rename), numpy scalars and arrays converted."""
-  import numpy as np
-
-  def default(o):
-    if isinstance(o, np.generic | np.ndarray):
-      return o.tolist()
-    if hasattr(o, "tolist"):
-      return o.tolist()
-    return str(o)
-
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, default=default, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Atomic JSON write (see `shared.workdir.write_json`); the entry point writes on process 0."""
+  workdir_lib.write_json(path, payload, every_process=True)
 
 
 def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[str, Any]:

@@ -1,0 +1,164 @@
+"""What a run keeps in its workdir, written the same way by every method.
+
+  write_json(path, payload)          atomic, numpy-safe, on process 0 (parents created)
+  read_json(path)                    the dict, None when absent; a corrupt file is a UserError
+  cached_result(path, compute)       a resumable sub-run result: read it, or compute and write it
+  save_params(path, params) / load_params(path)    a params pytree as a flat .npz ('a/b/kernel')
+  read_state_dict(path)              name -> numpy array from .npz, .safetensors or a PyTorch file
+
+Every write goes to a temporary name in the same folder and is renamed into place, so a kill
+mid-write leaves the previous file (or none), never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from shared.errors import CheckpointError, DataError
+
+PyTree = Any
+
+
+def _is_writer() -> bool:
+  import jax  # noqa: PLC0415  (importing this module stays light)
+
+  return jax.process_index() == 0
+
+
+def _atomic(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode) as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _json_default(o):
+  if hasattr(o, "tolist"):  # numpy scalars and arrays, jax arrays
+    return o.tolist()
+  return str(o)
+
+
+def write_json(path: str, payload: Mapping[str, Any], *, every_process: bool = False) -> None:
+  """Writes `payload` as indented JSON, atomically; only process 0 writes unless told otherwise."""
+  if not every_process and not _is_writer():
+    return
+
+  def write(f):
+    json.dump(payload, f, indent=2, default=_json_default)
+    f.write("\n")
+
+  _atomic(path, write)
+
+
+def read_json(path: str) -> Any | None:
+  """The parsed file, or None when it does not exist.
+
+  Raises:
+    CheckpointError: the file exists but is not valid JSON (truncated, foreign), naming it and
+      how to recover.
+  """
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(
+      f"{path} is corrupt ({e}); delete it and re-run the same command to recompute it"
+    ) from None
+
+
+def cached_result(path: str, compute: Callable[[], Mapping[str, Any]]) -> Any:
+  """A resumable sub-run result: the JSON at `path` if there, else `compute()`, written there.
+
+  Every process computes (collective steps need all of them); process 0 writes.
+  """
+  cached = read_json(path)
+  if cached is not None:
+    return cached
+  result = compute()
+  write_json(path, result)
+  return result
+
+
+def save_params(path: str, params: PyTree, dtype=np.float32) -> None:
+  """A params pytree as a flat .npz, keys 'a/b/kernel', values `dtype` (process 0, atomic)."""
+  import jax  # noqa: PLC0415
+  from flax import traverse_util  # noqa: PLC0415
+
+  if not _is_writer():
+    return
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  arrays = {k: np.asarray(v, dtype) for k, v in flat.items()}
+  _atomic(path, lambda f: np.savez(f, **arrays), mode="wb")
+
+
+def load_params(path: str) -> PyTree:
+  """The pytree `save_params` wrote (numpy leaves)."""
+  from flax import traverse_util  # noqa: PLC0415
+
+  flat = read_state_dict(path)
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+TORCH_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def read_state_dict(path: str, what: str = "weights") -> dict[str, np.ndarray]:
+  """name -> numpy array from a .npz, a .safetensors or a PyTorch state dict file.
+
+  PyTorch files are read with `torch.load(..., weights_only=True)` (no pickled code runs); a
+  {'state_dict': ...} wrapper is unwrapped.
+
+  Raises:
+    DataError: a missing file, an unknown format, a file that cannot be read, torch missing.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{what} file not found: {path} (nothing is downloaded)")
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".npz":
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as e:
+      raise DataError(f"cannot read {what} {path} as .npz: {e}") from None
+  if ext == ".safetensors":
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.numpy import load_file  # noqa: PLC0415
+
+    try:
+      return dict(load_file(path))
+    except (SafetensorError, OSError) as e:
+      raise DataError(f"cannot read {what} {path} as .safetensors: {e}") from None
+  if ext in TORCH_EXTENSIONS:
+    try:
+      import torch  # noqa: PLC0415  (optional: the `torch` extra)
+    except ImportError:
+      raise DataError(
+        f"reading {path} needs PyTorch (the project's `torch` extra); or convert it once "
+        "where torch is installed, with weights_only=True: safetensors.torch.save_file("
+        "torch.load(path, weights_only=True), 'weights.safetensors')"
+      ) from None
+    try:
+      state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or foreign files
+      raise DataError(f"cannot read {what} {path}: {type(e).__name__}: {e}") from None
+    if isinstance(state, Mapping) and "state_dict" in state:
+      state = state["state_dict"]
+    if hasattr(state, "state_dict"):
+      state = state.state_dict()
+    return {k: v.detach().float().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+  raise DataError(f"{path}: unknown {what} format {ext!r}; use .npz, .safetensors or .pth")
