@@ -15,8 +15,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from benchmarks import harness
 from benchmarks.cases import BENCH_MODULES
+from shared import benchmark as harness
 from shared.errors import ConfigError, UserError
 
 config_flags.DEFINE_config_file("config", None, "Method config file[:variant].", lock_config=True)

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import Case, breakdown
 from gradflow_prune import diffusion, evaluate, surgery
 from gradflow_prune import train as gp_train
 from shared import train_lib
+from shared.benchmark import Case, breakdown
 from shared.errors import ConfigError
 from shared.models import unet
 

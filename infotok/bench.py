@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import Case
 from infotok import tokenizer as tok_lib
 from infotok import unified as uni
 from shared import train_lib
+from shared.benchmark import Case
 from shared.errors import ConfigError
 
 GPT2_VOCAB = 50_257

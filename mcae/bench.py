@@ -13,9 +13,9 @@ import copy
 import jax
 import jax.numpy as jnp
 
-from benchmarks.harness import Case, breakdown
 from mcae import pretrain
 from shared import train_lib
+from shared.benchmark import Case, breakdown
 from shared.errors import ConfigError
 
 NUM_DOMAINS, NUM_ATTACKS = 4, 2

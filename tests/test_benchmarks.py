@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks import harness
+from shared import benchmark as harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,10 +12,7 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-
-def _per_example(fn, key, images_BxHxWxC):
-  keys = jax.random.split(key, images_BxHxWxC.shape[0])
-  return jax.vmap(fn)(keys, images_BxHxWxC)
+from shared.augment import pad_and_crop, per_example, random_flip
 
 
 def crop_flip(
@@ -26,20 +23,18 @@ def crop_flip(
   Padding reflects by default: on 16x16 images the CIFAR zero padding blacks out up to a quarter
   of the crop, which shifts BatchNorm's statistics away from the test images'.
   """
-  _, h, w, c = images_BxHxWxC.shape
-  pad = max(1, h // 8) if pad is None else pad
+  pad = max(1, images_BxHxWxC.shape[1] // 8) if pad is None else pad
 
   def one(k, img):
     k_crop, k_flip = jax.random.split(k)
-    padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode=mode)
-    return pix.random_flip_left_right(k_flip, pix.random_crop(k_crop, padded, (h, w, c)))
+    return random_flip(k_flip, pad_and_crop(k_crop, img, pad, mode))
 
-  return _per_example(one, key, images_BxHxWxC)
+  return per_example(one, key, images_BxHxWxC)
 
 
 def flip(key: jax.Array, images_BxHxWxC: jax.Array) -> jax.Array:
   """Random horizontal flip of each image."""
-  return _per_example(lambda k, img: pix.random_flip_left_right(k, img), key, images_BxHxWxC)
+  return per_example(random_flip, key, images_BxHxWxC)
 
 
 def random_resized_crop(
@@ -121,7 +116,7 @@ def simclr_view(
       img = jnp.where(jax.random.uniform(k_pg) < grayscale_prob, grey, img)
     return img
 
-  return _per_example(one, key, images_BxHxWxC)
+  return per_example(one, key, images_BxHxWxC)
 
 
 def cutout(key: jax.Array, images_BxHxWxC: jax.Array, size: int) -> jax.Array:
@@ -136,7 +131,7 @@ def cutout(key: jax.Array, images_BxHxWxC: jax.Array, size: int) -> jax.Array:
     hole = hole & (xs < cx - size // 2 + size)
     return jnp.where(hole[..., None], 0.0, img)
 
-  return _per_example(one, key, images_BxHxWxC)
+  return per_example(one, key, images_BxHxWxC)
 
 
 def mixup(key: jax.Array, images_BxHxWxC: jax.Array, onehot_BxK: jax.Array, alpha: float):

@@ -18,8 +18,8 @@ import json
 import jax
 import jax.numpy as jnp
 
-from benchmarks.harness import Case
 from shared import train_lib
+from shared.benchmark import Case
 from shared.errors import ConfigError
 from shared.train_lib import TrainState
 from unlearnable import evaluate, minmin, perturb, victims
