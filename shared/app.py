@@ -26,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -59,8 +60,22 @@ def _define_flags():
   return flags.FLAGS
 
 
-def _parse(argv: Sequence[str]):
+USAGE = (
+  "python -m {method} --config configs/{method}.py[:variant[,key=value...]] --workdir DIR "
+  "[--config.field=value ...] [--coordinator_address host:port --num_processes N --process_id i]"
+)
+
+
+def _parse(argv: Sequence[str], method: str = "<pkg>"):
   flags = _define_flags()
+  if any(a in ("--help", "-h", "--helpfull", "-?") for a in argv[1:]):
+    print(f"usage: {USAGE.format(method=method)}\n")
+    print(flags.module_help(__name__) if hasattr(flags, "module_help") else flags.get_help())
+    print(
+      "\n  --config.<field>=<value>: override any field of the config file (a misspelt field "
+      "is an error); see the config file's docstring for its variants."
+    )
+    sys.exit(0)
   try:
     flags(list(argv))
     config = flags.config  # the config file is loaded (and overrides applied) on first access
@@ -125,6 +140,21 @@ def versions() -> dict[str, str]:
   return out
 
 
+def _check_workdir_writable(workdir: str) -> None:
+  """Creates the workdir; one that cannot be created or written is a ConfigError, not a trace."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"cannot create --workdir {workdir}: {e.strerror or e}") from None
+  if not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir} is not a folder")
+  try:  # a real write: permission bits alone do not tell (root, read-only mounts)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir} is not writable: {e.strerror or e}") from None
+
+
 def _check_workdir_config(workdir: str, config_dict: dict) -> None:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -172,7 +202,7 @@ def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[
     "process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
   logging.info("config:\n%s", config)
-  os.makedirs(workdir, exist_ok=True)
+  _check_workdir_writable(workdir)
   _check_workdir_config(workdir, config_dict)
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, "config.json"), config_dict)
@@ -209,7 +239,7 @@ def main(method: str, train_and_evaluate: TrainFn, argv: Sequence[str] | None = 
   )
   logging.getLogger("absl").setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  flags, config = _parse(argv)
+  flags, config = _parse(argv, method)
   try:
     _maybe_initialize_distributed(flags)
     results = run(method, train_and_evaluate, config, flags.workdir)

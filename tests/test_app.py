@@ -193,3 +193,21 @@ def test_two_processes_match_one_process(tmp_path):
 
   assert losses("multi") == pytest.approx(losses("single"), rel=1e-5)
   assert multi["metrics"]["test_accuracy"] == pytest.approx(one["metrics"]["test_accuracy"])
+
+
+def test_help_lists_the_flags():
+  proc = subprocess.run(
+    [sys.executable, *TOY[:2], "--help"], capture_output=True, text=True, cwd=ROOT
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert "usage: python -m toy --config configs/toy.py" in proc.stdout
+  for flag in ("--config", "--workdir", "--coordinator_address", "--config.<field>"):
+    assert flag in proc.stdout
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_workdir_that_cannot_be_made_is_one_line(tmp_path, where):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  workdir = blocker if where == "file" else blocker / "sub"
+  assert_user_error(run(*TOY, workdir=workdir), "--workdir")
