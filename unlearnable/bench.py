@@ -6,14 +6,13 @@
 perturb: one PGD step of EM's error-minimising search on a batch (`minmin.Program.sweep_batch`
 with pgd_steps=1) and one surrogate step (`Program.train_step`), on the config's surrogate (the
 CIFAR ResNet-18 in `paper`) at 32x32x3. train_step: the supervised victim's step
-(`victims._program(...).step`). Each row also carries the projected wall time to protect 50,000
+(`victims.program(...).step`). Each row also carries the projected wall time to protect 50,000
 images with the EM and TUE recipes of the config (rounds x (PGD steps + surrogate steps)).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ def _data(batch_size: int):
 def _em_program(config, pgd_steps: int):
   kind, settings = perturb.minmin_settings(config, "em")
   settings = {**copy.deepcopy(settings), "pgd_steps": pgd_steps}
-  return minmin.program(kind, json.dumps(settings, sort_keys=True), NUM_CLASSES, False)
+  return minmin.program(kind, settings, NUM_CLASSES, False)
 
 
 def perturb_cases(config, batch_size: int) -> list[Case]:
@@ -109,14 +108,7 @@ def victim_case(config, batch_size: int) -> Case:
   with recipe.unlocked():
     recipe.batch_size = batch_size
   spec = config.models.to_dict()[config.surrogate]
-  prog = victims._program(
-    "supervised",
-    json.dumps(spec, sort_keys=True),
-    NUM_CLASSES,
-    json.dumps(recipe.to_dict(), sort_keys=True),
-    1000,
-    SHAPE,
-  )
+  prog = victims.program("supervised", spec, NUM_CLASSES, recipe, 1000, SHAPE)
   state = prog.create(jax.random.PRNGKey(0))
   images, labels = _data(batch_size)
   batch = jax.device_put({"image": images, "label": labels}, prog.data_sharding)

@@ -24,8 +24,7 @@ running averages lag; the batch-statistics accuracy is also what the EM stop cri
 
 from __future__ import annotations
 
-import functools
-import json
+import copy
 import logging
 import os
 import time
@@ -37,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from shared import train_lib
+from shared import stages, train_lib
 from unlearnable import augment, csd, nets, simclr
 
 KINDS = ("em", "tue", "dist")
@@ -62,10 +61,15 @@ def simclr_loss(model, params, model_state, x, key, cfg_aug, temperature):
   return simclr.nt_xent(z[:b], z[b:], temperature), new_state
 
 
-@functools.lru_cache(maxsize=16)
-def program(kind: str, settings_json: str, num_classes: int, classwise: bool):
+def program(kind: str, settings: dict, num_classes: int, classwise: bool) -> Program:
   """The compiled pieces of a search, shared by every search with the same settings (seeds)."""
-  return Program(kind, ml_collections.ConfigDict(json.loads(settings_json)), num_classes, classwise)
+  num_classes, classwise = int(num_classes), bool(classwise)
+
+  def build():  # A copy of the settings: the cached program outlives the caller's dict.
+    return Program(kind, ml_collections.ConfigDict(copy.deepcopy(settings)), num_classes, classwise)
+
+  key = stages.stage_key("unlearnable.minmin", kind, settings, num_classes, classwise)
+  return stages.compiled(key, build)
 
 
 class Program:
@@ -189,8 +193,7 @@ class Search:
     classwise: bool = False,
     workdir: str | None = None,
   ):
-    settings_json = json.dumps(settings, sort_keys=True)
-    self.p = program(kind, settings_json, int(num_classes), bool(classwise))
+    self.p = program(kind, settings, num_classes, classwise)
     self.kind, self.cfg, self.eps, self.classwise = kind, self.p.cfg, float(eps), classwise
     self.workdir = workdir
     self.images = jnp.asarray(images, jnp.float32)

@@ -12,7 +12,7 @@ The run writes `table.md` (mean ± std over seeds) and returns every number to r
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import time
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from shared import app
 from shared import data as data_lib
+from shared import workdir as workdir_lib
 from shared.errors import ConfigError, DataError
 from unlearnable import csd, evaluate, perturb, report
 
@@ -86,29 +86,19 @@ def perturbation_stats(delta, labels, num_classes, eps, seed) -> dict:
   return out
 
 
-def _read_json(path):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write_json(path, payload):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  if jax.process_index() == 0:
-    app.write_json(path, payload)
-
-
 def protect(config, method, train, num_classes, seed_key, mdir) -> tuple[np.ndarray, dict]:
   """The method's perturbations of the training split, from perturbations.npz when made before."""
   path = os.path.join(mdir, "perturbations.npz")
   info_path = os.path.join(mdir, "generation.json")
   n = len(train["label"])
-  if os.path.exists(path) and os.path.exists(info_path):
+  info = workdir_lib.read_json(info_path)  # written after the npz: there means both are whole
+  if info is not None and os.path.exists(path):
     saved = perturb.load(path)
     if saved["delta"].shape != train["image"].shape or not np.isclose(saved["eps"], config.eps):
       raise DataError(f"{path} was made for other data or eps; use a fresh --workdir")
     delta = np.zeros_like(train["image"])
     delta[saved["indices"]] = saved["delta"]
-    return delta, _read_json(info_path)
+    return delta, info
   t0 = time.time()
   kind = perturb.METHODS[method][0]
   delta, info = perturb.generate_with_info(
@@ -125,7 +115,7 @@ def protect(config, method, train, num_classes, seed_key, mdir) -> tuple[np.ndar
   os.makedirs(mdir, exist_ok=True)
   if jax.process_index() == 0:
     perturb.save(path, delta, np.arange(n), config.eps)
-  _write_json(info_path, info)
+  workdir_lib.write_json(info_path, info)
   logging.info("%s: perturbations made (%s)", method, info)
   return delta, info
 
@@ -140,13 +130,12 @@ def run_seed(config, seed: int, sets: dict, num_classes: int, sdir: str) -> tupl
     cells[method] = {}
     for victim in config.victims:
       cdir = os.path.join(mdir, victim)
-      path = os.path.join(cdir, "cell.json")
-      if os.path.exists(path):
-        cells[method][victim] = _read_json(path)
-        continue
-      cell = evaluate.run_victim(config, victim, method, sets, delta, seed_key, num_classes, cdir)
-      _write_json(path, cell)
-      cells[method][victim] = cell
+      cells[method][victim] = workdir_lib.cached_result(
+        os.path.join(cdir, "cell.json"),
+        functools.partial(
+          evaluate.run_victim, config, victim, method, sets, delta, seed_key, num_classes, cdir
+        ),
+      )
     for name, (source, final, peak) in evaluate.DERIVED.items():
       if final in cells[method].get(source, {}):
         cell = cells[method][source]

@@ -12,8 +12,7 @@ share them compile once.
 
 from __future__ import annotations
 
-import functools
-import json
+import copy
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from shared import data as data_lib
-from shared import train_lib
+from shared import stages, train_lib
 from shared.errors import ConfigError
 from unlearnable import augment, minmin, nets, simclr
 
@@ -48,7 +47,7 @@ def _adversarial(model, params, model_state, x, onehot, key, eps, steps, step_si
   return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, x))
 
 
-class _Program:
+class Program:
   """Model, optimizer, state initialiser, jitted train step and evaluator of one recipe."""
 
   def __init__(self, kind: str, spec: dict, num_classes: int, recipe, total_steps: int, shape):
@@ -118,19 +117,26 @@ class _Program:
     return nets.apply_eval(self.model, params, model_state, x, features_only=True)
 
 
-@functools.lru_cache(maxsize=32)
-def _program(kind, spec_json, num_classes, recipe_json, total_steps, shape):
-  recipe = ml_collections.ConfigDict(json.loads(recipe_json))
-  return _Program(kind, json.loads(spec_json), num_classes, recipe, total_steps, shape)
+def program(kind: str, spec: dict, num_classes: int, recipe, total_steps: int, shape) -> Program:
+  """The compiled pieces of a victim, shared by every victim with the same settings and sizes."""
+  num_classes, total_steps = int(num_classes), int(total_steps)
+  shape = tuple(int(s) for s in shape)
+
+  def build():  # Copies: the cached program outlives the caller's spec and recipe.
+    own_recipe = ml_collections.ConfigDict(copy.deepcopy(recipe.to_dict()))
+    return Program(kind, copy.deepcopy(spec), num_classes, own_recipe, total_steps, shape)
+
+  key = stages.stage_key("unlearnable.victims", kind, spec, num_classes, recipe, total_steps, shape)
+  return stages.compiled(key, build)
 
 
 def _outputs(prog, state, images, batch_size):
   """Predictions (supervised) or features (simclr) for all images, in order."""
-  out = []
-  for b in data_lib.eval_batches({"image": images}, batch_size):
-    x = jax.device_put(b["image"], prog.data_sharding)
-    out.append(np.asarray(prog.predict(state.params, state.model_state, x))[b["mask"]])
-  return np.concatenate(out)
+
+  def predict(x):
+    return prog.predict(state.params, state.model_state, x)
+
+  return stages.batched_apply(predict, images, batch_size, sharding=prog.data_sharding)
 
 
 def linear_probe(train_feats, train_labels, test_feats, test_labels, c: float) -> float:
@@ -178,15 +184,7 @@ def train_victim(
   batch -= batch % jax.device_count() or 0
   steps_per_epoch = max(1, n // batch)
   total = int(recipe.epochs) * steps_per_epoch
-  shape = tuple(int(s) for s in train["image"].shape[1:])
-  prog = _program(
-    kind,
-    json.dumps(spec, sort_keys=True),
-    int(num_classes),
-    json.dumps(recipe.to_dict(), sort_keys=True),
-    total,
-    shape,
-  )
+  prog = program(kind, spec, num_classes, recipe, total, train["image"].shape[1:])
   state = prog.create(key)
   curve: list[tuple[int, float]] = []
   alt_curve: list[tuple[int, float]] = []
@@ -211,35 +209,33 @@ def train_victim(
   if kind == "simclr":
     arrays = {"image": arrays["image"]}
   seed = int(jax.random.randint(jax.random.fold_in(key, 7), (), 0, 2**31 - 1))
-  ckpt = None
-  if workdir and run_cfg is not None and run_cfg.checkpoint_victims:
-    ckpt = train_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=1, every=run_cfg.checkpoint_every
-    )
-  writer = train_lib.MetricWriter(workdir, tensorboard=False, stage=stage) if workdir else None
   previous = train_lib.read_metrics(workdir, stage) if workdir else []
-  try:
-    state = train_lib.train_loop(
-      state=state,
-      step_fn=prog.step,
-      batches=lambda start: data_lib.batches(arrays, batch, seed=seed, start_step=start),
-      num_steps=total,
-      data_sharding=prog.data_sharding,
-      checkpointer=ckpt,
-      writer=writer,
-      log_every=run_cfg.log_every if run_cfg is not None else 50,
-      progress=bool(run_cfg.progress) if run_cfg is not None else False,
-      stage=stage,
-      hooks=(evaluate,),
-      hook_every=max(1, int(recipe.eval_every)) * steps_per_epoch,
+  loop = dict(
+    state=state,
+    step_fn=prog.step,
+    batches=lambda start: data_lib.batches(arrays, batch, seed=seed, start_step=start),
+    num_steps=total,
+    data_sharding=prog.data_sharding,
+    log_every=run_cfg.log_every if run_cfg is not None else 50,
+    progress=bool(run_cfg.progress) if run_cfg is not None else False,
+    stage=stage,
+    hooks=(evaluate,),
+    hook_every=max(1, int(recipe.eval_every)) * steps_per_epoch,
+  )
+  if workdir and run_cfg is not None and run_cfg.checkpoint_victims:
+    state = stages.run_stage(
+      **loop,
+      checkpoint_dir=os.path.join(workdir, "checkpoints"),
+      log_dir=workdir,
+      checkpoint_every=run_cfg.checkpoint_every,
     )
-    if not curve or curve[-1][0] != total:  # Resumed at the end: nothing trained, evaluate once.
-      evaluate(total, state)
-  finally:  # closed also when training stops (NaN, SIGTERM, bad data)
-    if ckpt is not None:
-      ckpt.close()
-    if writer is not None:
-      writer.close()
+  elif workdir:  # A cell of seconds: its metrics, no checkpoints (a re-run recomputes the cell).
+    with train_lib.MetricWriter(workdir, tensorboard=False, stage=stage) as writer:
+      state = train_lib.train_loop(**loop, writer=writer)
+  else:
+    state = train_lib.train_loop(**loop)
+  if not curve or curve[-1][0] != total:  # Resumed at the end: nothing trained, evaluate once.
+    evaluate(total, state)
   earlier = [(r["step"], r["test_accuracy"]) for r in previous if "test_accuracy" in r]
   accs = [a for _, a in earlier + curve]
   out = {
