@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infotok import tokenizer as tok_lib
-from infotok import unified as uni
+from infotok import tokenizer, unified
+from infotok.tokenizer_trainer import TokenizerTrainer
+from infotok.unified_trainer import UnifiedTrainer
 from shared import train_lib
 from shared.benchmark import Case
 from shared.errors import ConfigError
+from shared.models.conv import grid_size
 
 GPT2_VOCAB = 50_257
 STANDIN_VOCAB = 64
@@ -50,12 +52,12 @@ def tokenizer_case(config, batch_size: int | None) -> Case:
   batch_size = batch_size or cfg.batch_size
   vocab, text_len, size = _text_vocab(config), config.text.caption_len, _image_size(config)
   mesh = train_lib.make_mesh(config.run.model_axis)
-  trainer = tok_lib.TokenizerTrainer(cfg, vocab, text_len, mesh, cfg.num_steps)
+  trainer = TokenizerTrainer(cfg, vocab, text_len, mesh, cfg.num_steps)
   sample = _tokenizer_batch(1, size, text_len, vocab)
   state, sharding = trainer.init_state(0, sample["image"], sample["caption"])
-  step = trainer._build_step(sharding)
+  step = trainer.train_step(sharding)
   weights = {"noise": 1.0, "vib": config.vib.betas[0], "consistency": config.vib.consistency}
-  w = {k: jnp.asarray(float(weights.get(k, 0.0)), jnp.float32) for k in tok_lib.WEIGHT_NAMES}
+  w = {k: jnp.asarray(float(weights.get(k, 0.0)), jnp.float32) for k in tokenizer.WEIGHT_NAMES}
   batch = jax.device_put(_tokenizer_batch(batch_size, size, text_len, vocab), trainer.data_sharding)
   abstract_state = jax.eval_shape(lambda: state)
 
@@ -81,9 +83,9 @@ def tokenizer_case(config, batch_size: int | None) -> Case:
   )
 
 
-def _layout(config, tokens_per_image: int, num_codes: int) -> uni.Layout:
+def _layout(config, tokens_per_image: int, num_codes: int) -> unified.Layout:
   t = config.text
-  return uni.Layout(
+  return unified.Layout(
     text_vocab=_text_vocab(config),
     num_codes=num_codes,
     num_image_tokens=tokens_per_image,
@@ -96,7 +98,7 @@ def _layout(config, tokens_per_image: int, num_codes: int) -> uni.Layout:
   )
 
 
-def _unified_batch(layout: uni.Layout, b: int, fractions, seed: int = 0) -> dict:
+def _unified_batch(layout: unified.Layout, b: int, fractions, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
 
   def words(n):
@@ -110,19 +112,19 @@ def _unified_batch(layout: uni.Layout, b: int, fractions, seed: int = 0) -> dict
     "question": words(layout.question_len),
     "answer": words(layout.answer_len),
   }
-  return uni.mixed_batch(layout, raw, fractions)
+  return unified.mixed_batch(layout, raw, fractions)
 
 
 def unified_case(config, style: str, batch_size: int | None) -> Case:
   cfg = config.unified
   batch_size = batch_size or cfg.batch_size
   size = _image_size(config)
-  grid = tok_lib.grid_size(size, config.tokenizer.patch_size, len(config.tokenizer.widths))
-  layout = _layout(config, grid * grid, tok_lib.num_codes(config.tokenizer))
+  grid = grid_size(size, config.tokenizer.patch_size, len(config.tokenizer.widths))
+  layout = _layout(config, grid * grid, tokenizer.num_codes(config.tokenizer))
   mesh = train_lib.make_mesh(config.run.model_axis)
-  trainer = uni.UnifiedTrainer(cfg, style, layout, mesh)
+  trainer = UnifiedTrainer(cfg, style, layout, mesh)
   state, sharding = trainer.init_state(0)
-  step = trainer._build_step(sharding)
+  step = trainer.train_step(sharding)
   batch = jax.device_put(
     _unified_batch(layout, batch_size, cfg.task_fractions), trainer.data_sharding
   )

@@ -35,14 +35,15 @@ import numpy as np
 import optax
 
 from infotok import judge as judge_lib
-from infotok import regularizers as reg
+from infotok import regularizers
 from infotok import text as text_lib
-from infotok import tokenizer as tok_lib
+from infotok.tokenizer import TextEncoder
 from shared import data as data_lib
 from shared import metrics as metrics_lib
-from shared import train_lib
+from shared import stages, train_lib
 from shared.data.tfds_source import TEXT_SEPARATOR
 from shared.errors import DataError
+from shared.workdir import load_params, save_params
 
 SPLITS = ("train", "val", "test")
 
@@ -135,7 +136,7 @@ class DualEncoder(nn.Module):
 
   def setup(self):
     self.image = ImageTower(self.widths, self.out_dim)
-    self.text = tok_lib.TextEncoder(self.vocab_size, self.length, self.out_dim, self.out_dim)
+    self.text = TextEncoder(self.vocab_size, self.length, self.out_dim, self.out_dim)
     self.log_scale = self.param("log_scale", nn.initializers.constant(np.log(10.0)), ())
 
   def embed_image(self, images):
@@ -159,8 +160,9 @@ class RetrievalJudge(judge_lib.Batched):
 
   def __init__(self, params, net: DualEncoder, group: int = 32, batch_size: int = 250):
     self.params, self.net, self.group, self.batch_size = params, net, group, batch_size
-    self._image = jax.jit(lambda p, x: net.apply({"params": p}, x, method=DualEncoder.embed_image))
-    self._text = jax.jit(lambda p, t: net.apply({"params": p}, t, method=DualEncoder.embed_text))
+    shapes = (net.vocab_size, net.length, net.widths, net.out_dim)
+    key = stages.stage_key("infotok/retrieval_judge", *shapes)
+    self._image, self._text = stages.compiled(key, lambda: _embedders(net))
 
   def features(self, images) -> np.ndarray:
     """Unit image embeddings (the feature space of FD)."""
@@ -187,7 +189,14 @@ class RetrievalJudge(judge_lib.Batched):
     return {"caption_r_precision": metrics_lib.r_precision(cos, self.group)}
 
   def save(self, path: str) -> None:
-    judge_lib.save_params(path, self.params)
+    save_params(path, self.params)
+
+
+def _embedders(net: DualEncoder):
+  """Jitted (params, images) -> image embeddings and (params, ids) -> text embeddings."""
+  image = jax.jit(lambda p, x: net.apply({"params": p}, x, method=DualEncoder.embed_image))
+  text = jax.jit(lambda p, t: net.apply({"params": p}, t, method=DualEncoder.embed_text))
+  return image, text
 
 
 def make_dual_encoder(cfg, vocab_size: int, length: int) -> DualEncoder:
@@ -205,7 +214,7 @@ def train_judge(cfg, train: dict, vocab_size: int, length: int, seed: int, workd
   net = make_dual_encoder(cfg, vocab_size, length)
   path = os.path.join(workdir, "judge.npz")
   if os.path.exists(path):
-    return RetrievalJudge(judge_lib.load_params(path), net, cfg.group)
+    return RetrievalJudge(load_params(path), net, cfg.group)
   start = time.time()
   images, ids = train["image"], train.get("caption_ids_all", train["caption_ids"])
   batch = min(cfg.batch_size, len(images))
@@ -217,7 +226,7 @@ def train_judge(cfg, train: dict, vocab_size: int, length: int, seed: int, workd
   def step(params, opt_state, x, t):
     def loss_fn(p):
       img, txt, log_scale = net.apply({"params": p}, x, t)
-      return reg.clip_loss(reg.cosine_scores(img, txt, log_scale))
+      return regularizers.clip_loss(regularizers.cosine_scores(img, txt, log_scale))
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

@@ -24,7 +24,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from infotok import quantizers as qz
+from infotok import captions, quantizers, regularizers
 from infotok import text as text_lib
 from shared import metrics as metrics_lib
 from shared.data import shapes
@@ -88,20 +88,18 @@ def understanding(
   tokens = tokens[:n]
   sub = {k: v[:n] for k, v in arrays.items()}
   caption_ids = trainer.caption(params, tokens)
-  captions = text_lib.decode(text_tok, caption_ids)
+  texts = text_lib.decode(text_tok, caption_ids)
   reference = text_lib.decode(text_tok, sub["caption_ids"])
   if "question_ids" not in sub:
-    from infotok import captions as cap_lib
-
-    hyps = [text_lib.normalize(c).split() for c in captions]
-    out = {"caption_bleu4": metrics_lib.corpus_bleu(hyps, cap_lib.references(sub, n))}
+    hyps = [text_lib.normalize(c).split() for c in texts]
+    out = {"caption_bleu4": metrics_lib.corpus_bleu(hyps, captions.references(sub, n))}
     out.update(judge.caption_scores(sub["image"], caption_ids))
     out["samples"] = [
-      {"caption": c, "reference": r} for c, r in list(zip(captions, reference, strict=True))[:4]
+      {"caption": c, "reference": r} for c, r in list(zip(texts, reference, strict=True))[:4]
     ]
     return out
-  out = caption_scores(captions, sub, grid)
-  out["caption_exact"] = float(np.mean([a == b for a, b in zip(captions, reference, strict=True)]))
+  out = caption_scores(texts, sub, grid)
+  out["caption_exact"] = float(np.mean([a == b for a, b in zip(texts, reference, strict=True)]))
   answers = text_lib.decode(text_tok, trainer.answer(params, tokens, sub["question_ids"]))
   truth = text_lib.decode(text_tok, sub["answer_ids"])
   correct = np.asarray([a == b for a, b in zip(answers, truth, strict=True)])
@@ -113,7 +111,7 @@ def understanding(
         out[f"vqa_{name}"] = float(correct[sel].mean())
   out["samples"] = [
     {"caption": c, "reference": r, "answer": a, "truth": t}
-    for c, r, a, t in list(zip(captions, reference, answers, truth, strict=True))[:4]
+    for c, r, a, t in list(zip(texts, reference, answers, truth, strict=True))[:4]
   ]
   return out
 
@@ -124,12 +122,12 @@ def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: 
 
   Returns (metrics, generated images [n, H, W, 3]).
   """
-  captions = arrays["caption_ids"][:n]
-  codes = trainer.generate_images(params, captions, key)
+  prompts = arrays["caption_ids"][:n]
+  codes = trainer.generate_images(params, prompts, key)
   images = tok_trainer.decode(tok_params, codes)
   out = {f"gen_{k}": v for k, v in judge.judge_images(images, arrays).items()}
   out["gen_fd"] = feature_fd(judge, images, arrays["clean"][:n])
-  out["gen_code_entropy"] = qz.code_usage(codes, tok_trainer.num_codes)["code_entropy"]
+  out["gen_code_entropy"] = quantizers.code_usage(codes, tok_trainer.num_codes)["code_entropy"]
   return out, images
 
 
@@ -144,7 +142,7 @@ def per_position_rate(indices_NxT: np.ndarray, num_codes: int) -> float:
   """sum_t H(code_t), nats/image: an upper bound on H(Z) = I(X; Z) for a deterministic encoder."""
   return float(
     sum(
-      qz.code_usage(indices_NxT[:, t], num_codes)["code_entropy"]
+      quantizers.code_usage(indices_NxT[:, t], num_codes)["code_entropy"]
       for t in range(indices_NxT.shape[1])
     )
   )
@@ -163,12 +161,12 @@ def reconstruction(tok_trainer, params, arrays, judge, n: int) -> dict:
   out["relevance"] = judged[judge.relevance_key]
   out.update({f"recon_{k}": v for k, v in judged.items()})
   mu, logvar = tok_trainer.posterior(params, images)
-  from infotok import regularizers as reg
-
-  out["kl_nats"] = float(np.mean(np.asarray(reg.vib_rate(jnp.asarray(mu), jnp.asarray(logvar)))))
+  out["kl_nats"] = float(
+    np.mean(np.asarray(regularizers.vib_rate(jnp.asarray(mu), jnp.asarray(logvar))))
+  )
   if tok_trainer.num_codes:
     idx = tok_trainer.tokens(params, images)
-    out.update(qz.code_usage(idx, tok_trainer.num_codes))
+    out.update(quantizers.code_usage(idx, tok_trainer.num_codes))
     out["rate_nats"] = per_position_rate(idx, tok_trainer.num_codes)
   return out, recon
 

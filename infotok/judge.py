@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from shared import train_lib
+from shared import stages, train_lib
 from shared.data.convert import to_float
+from shared.workdir import load_params, save_params
 
 NUM_SHAPES, NUM_COLOURS, NUM_SIZES = 5, 6, 2
 
@@ -139,23 +140,13 @@ def score_predictions(pred: dict[str, np.ndarray], targets: dict[str, np.ndarray
 
 class Batched:
   """`_batched(fn, x)`: fn(self.params, chunk) over fixed-size chunks of x (the last one padded,
-  so each jitted fn compiles once), outputs concatenated on the host."""
+  so each jitted fn compiles once: `shared.stages.batched_apply`), outputs concatenated."""
 
   params = None
   batch_size = 500
 
   def _batched(self, fn, inputs):
-    out = []
-    n = len(inputs)
-    b = min(self.batch_size, n)
-    for i in range(0, n, b):
-      chunk = np.asarray(inputs[i : i + b])
-      valid = len(chunk)
-      if valid < b:
-        chunk = np.concatenate([chunk, np.zeros((b - valid, *chunk.shape[1:]), chunk.dtype)])
-      res = jax.device_get(fn(self.params, chunk))
-      out.append(jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], res))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *out)
+    return stages.batched_apply(lambda chunk: fn(self.params, chunk), inputs, self.batch_size)
 
 
 class Judge(Batched):
@@ -173,7 +164,9 @@ class Judge(Batched):
     self.num_cells = grid**2
     self.net = JudgeNet(grid, tuple(widths), hidden)
     self.batch_size = batch_size
-    self._logits = jax.jit(lambda p, x: self.net.apply({"params": p}, x))
+    net = self.net
+    key = stages.stage_key("infotok/judge/logits", grid, tuple(widths), hidden)
+    self._logits = stages.compiled(key, lambda: jax.jit(lambda p, x: net.apply({"params": p}, x)))
 
   def _batched(self, fn, images):
     return super()._batched(fn, to_float(np.asarray(images)).astype(np.float32))
@@ -211,37 +204,6 @@ class Judge(Batched):
     return cls(load_params(path), grid, widths, hidden)
 
 
-def save_params(path: str, params) -> None:
-  """A parameter tree as one .npz, keys 'module/sub/param' (small models of this method)."""
-  flat = {"/".join(k): np.asarray(v) for k, v in _flatten(jax.device_get(params)).items()}
-  np.savez(path, **flat)
-
-
-def load_params(path: str):
-  with np.load(path) as f:
-    return _unflatten({tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files})
-
-
-def _flatten(tree, prefix=()):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, (*prefix, k)))
-    else:
-      out[(*prefix, k)] = v
-  return out
-
-
-def _unflatten(flat):
-  tree: dict = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
-
-
 def render_scenes(
   n: int,
   *,
@@ -258,13 +220,12 @@ def render_scenes(
   the models (otherwise its own compositional failures would be charged to the models). Drawn
   from its own seed with the data set's own sampler and renderer.
   """
-  from shared.data import shapes
-  from shared.data import shapes_render as rnd
+  from shared.data import shapes, shapes_render
 
   pairs = [(s, c) for s in range(NUM_SHAPES) for c in range(NUM_COLOURS)]
   rng = np.random.default_rng([seed, 7])
   attrs = shapes.sample_attributes(rng, n, pairs, grid, min_objects, max_objects)
-  image, clean = rnd.render_pair(
+  image, clean = shapes_render.render_pair(
     rng,
     *(attrs[k] for k in ("shape", "colour", "size", "pos", "offset")),
     resolution=resolution,

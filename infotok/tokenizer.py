@@ -15,28 +15,20 @@ that all of them share one compiled step):
 
 `w.noise` switches the posterior sampling on (1, the VIB variants) or off (0: z = mu). At
 evaluation and when tokenizing data for the unified models, z = mu (the posterior mean).
+Training and the batched evaluation-time maps: `infotok.tokenizer_trainer`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from infotok import quantizers as qz
-from infotok import regularizers as reg
-from infotok import text as text_lib
-from shared import train_lib
+from infotok import quantizers, regularizers
 from shared.errors import ConfigError
-from shared.models.conv import ConvDecoder, ConvEncoder, grid_size
+from shared.models.conv import ConvDecoder, ConvEncoder
 
 WEIGHT_NAMES = (
   "noise",
@@ -121,11 +113,13 @@ class Tokenizer(nn.Module):
     self.encoder = ConvEncoder(out_channels=2 * d, **arch)
     self.decoder = ConvDecoder(out_channels=3, **arch)
     if self.quantizer == "vq":
-      self.quant = qz.VectorQuantizer(self.codebook_size, d, self.commitment, self.normalize_codes)
+      self.quant = quantizers.VectorQuantizer(
+        self.codebook_size, d, self.commitment, self.normalize_codes
+      )
     elif self.quantizer == "fsq":
-      self.quant = qz.FSQ(tuple(self.fsq_levels))
+      self.quant = quantizers.FSQ(tuple(self.fsq_levels))
     elif self.quantizer == "continuous":
-      self.quant = qz.Continuous(d)
+      self.quant = quantizers.Continuous(d)
     else:
       raise ConfigError(f"tokenizer.quantizer={self.quantizer!r}; known: vq, fsq, continuous")
     self.image_head = ImageHead(self.embed_dim, self.embed_dim)
@@ -210,7 +204,7 @@ def num_codes(cfg) -> int:
   if cfg.quantizer == "vq":
     return cfg.codebook_size
   if cfg.quantizer == "fsq":
-    return qz.fsq_num_codes(cfg.fsq_levels)
+    return quantizers.fsq_num_codes(cfg.fsq_levels)
   return 0
 
 
@@ -221,23 +215,27 @@ def objective(
   out = model.apply({"params": params}, batch["image"], batch["caption"], key, w["noise"])
   b, n, d = out["mu"].shape
   mse = jnp.mean(jnp.square(out["recon"] - batch["target"]))
-  rate_B = reg.vib_rate(out["mu"], out["logvar"])
+  rate_B = regularizers.vib_rate(out["mu"], out["logvar"])
   kl_per_dim = jnp.mean(rate_B) / (n * d)
   vq_loss = out["aux"].get("vq_loss", jnp.zeros(()))
   if "distances" in out["aux"]:
-    ent = qz.entropy_loss(out["aux"]["distances"], entropy_temperature)
+    ent = quantizers.entropy_loss(out["aux"]["distances"], entropy_temperature)
   else:
     ent = jnp.zeros(())
-  hsic_term, hsic_parts = reg.hsic_bottleneck(
+  hsic_term, hsic_parts = regularizers.hsic_bottleneck(
     batch["image"].reshape(b, -1),
     out["zq"].reshape(b, -1),
     batch["caption"],
     w["hsic_beta_x"],
     w["hsic_lambda_y"],
   )
-  nce = reg.consistency(reg.cosine_scores(out["image_emb"], out["text_emb"], out["log_scale"]))
-  align = reg.clip_loss(
-    reg.cosine_scores(out["align_image_emb"], out["align_text_emb"], out["align_log_scale"])
+  nce = regularizers.consistency(
+    regularizers.cosine_scores(out["image_emb"], out["text_emb"], out["log_scale"])
+  )
+  align = regularizers.clip_loss(
+    regularizers.cosine_scores(
+      out["align_image_emb"], out["align_text_emb"], out["align_log_scale"]
+    )
   )
   loss = (
     mse
@@ -260,206 +258,3 @@ def objective(
     **hsic_parts,
   }
   return loss, (metrics, out["indices"], out["mu"])
-
-
-class TokenizerTrainer:
-  """Trains tokenizer variants that share one architecture (one compiled step for all of them)."""
-
-  def __init__(self, cfg, text_vocab_size: int, text_length: int, mesh, num_steps: int):
-    self.cfg = cfg
-    self.model = make_tokenizer(cfg, text_vocab_size, text_length)
-    self.mesh = mesh
-    self.num_steps = num_steps
-    self.tx = train_lib.make_optimizer(cfg.optimizer, num_steps)
-    self.num_codes = num_codes(cfg)
-    self.data_sharding = train_lib.batch_sharding(mesh)
-    self._step = None
-    self._init = None
-    self._tokens = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=Tokenizer.tokens))
-    self._recon = jax.jit(
-      lambda p, x: self.model.apply({"params": p}, x, method=Tokenizer.reconstruct)
-    )
-    self._decode = jax.jit(
-      lambda p, i: self.model.apply({"params": p}, i, method=Tokenizer.decode_indices)
-    )
-    self._posterior = jax.jit(
-      lambda p, x: self.model.apply({"params": p}, x, method=Tokenizer.posterior)
-    )
-
-  def init_state(self, seed: int, sample_image, sample_caption):
-    """A fresh TrainState (and its sharding); the init function is compiled once per trainer."""
-
-    def init_fn(key):
-      params = self.model.init(key, sample_image, sample_caption, key, 0.0)["params"]
-      usage = jnp.ones((max(self.num_codes, 1),), jnp.float32)
-      return params, {"usage": usage}
-
-    if self._init is None:
-      self._init = cached_init(init_fn, self.tx, self.mesh)
-    return self._init(seed)
-
-  def _build_step(self, state_sharding):
-    cfg = self.cfg
-    revive = cfg.quantizer == "vq" and cfg.revive_dead_codes
-
-    def step(state, batch, w):
-      key = state.step_rng()
-      grad_fn = jax.value_and_grad(
-        lambda p: objective(
-          self.model, p, batch, key, w, entropy_temperature=cfg.entropy_temperature
-        ),
-        has_aux=True,
-      )
-      (_, (metrics, indices, mu)), grads = grad_fn(state.params)
-      usage = state.model_state["usage"]
-      if self.num_codes:
-        counts = jnp.bincount(indices.reshape(-1), length=self.num_codes).astype(jnp.float32)
-        usage = cfg.usage_decay * usage + (1 - cfg.usage_decay) * counts
-        p = counts / jnp.sum(counts)
-        metrics["batch_code_entropy"] = -jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0))
-      new_state = state.apply_gradients(grads, model_state={"usage": usage})
-      if revive:
-        params = new_state.params
-        codebook = params["quant"]["codebook"]
-        fresh = qz.revive_dead_codes(
-          jax.random.fold_in(key, 1),
-          codebook,
-          usage,
-          mu.reshape(-1, mu.shape[-1]),
-          cfg.revive_threshold,
-        )
-        params = {**params, "quant": {**params["quant"], "codebook": fresh}}
-        new_state = new_state.replace(params=params)
-        metrics["dead_codes"] = jnp.mean((usage < cfg.revive_threshold).astype(jnp.float32))
-      metrics["grad_norm"] = optax.global_norm(grads)
-      return new_state, metrics
-
-    replicated = NamedSharding(self.mesh, P())
-    return jax.jit(
-      step,
-      in_shardings=(state_sharding, self.data_sharding, replicated),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=(0,),
-    )
-
-  def train(
-    self, workdir: str, log_dir: str, stage: str, weights: Mapping[str, float], arrays, seed: int
-  ):
-    """Trains one variant in `workdir` (resumable) and returns its params.
-
-    Args:
-      log_dir: where metrics.jsonl is (rows tagged with `stage`).
-      weights: the objective weights (see WEIGHT_NAMES); missing ones are 0.
-      arrays: 'image', 'target', 'caption' of the training split ('caption' [N, K, L] holds K
-        captions per image, one drawn per step: `text.pick_captions`).
-    """
-    unknown = set(weights) - set(WEIGHT_NAMES)
-    if unknown:
-      raise ConfigError(f"unknown tokenizer loss weights {sorted(unknown)}; known: {WEIGHT_NAMES}")
-    w = {k: jnp.asarray(float(weights.get(k, 0.0)), jnp.float32) for k in WEIGHT_NAMES}
-    first = arrays["caption"][:1]
-    first = first[:, 0] if first.ndim == 3 else first  # [N, K, L]: every caption of an image
-    state, sharding = self.init_state(seed, arrays["image"][:1], first)
-    if self._step is None:
-      self._step = self._build_step(sharding)
-    from shared import data as data_lib
-
-    cfg = self.cfg
-    state = train_stage(
-      cfg,
-      state,
-      lambda s, b: self._step(s, b, w),
-      lambda start: text_lib.pick_captions(
-        data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start), seed, start
-      ),
-      self.num_steps,
-      self.data_sharding,
-      workdir,
-      log_dir,
-      stage,
-    )
-    return jax.device_get(state.params)
-
-  # -- evaluation-time maps (posterior mean, no noise), batched with one compiled shape ---------
-
-  def _batched(self, fn, params, x, batch: int = 500):
-    n = len(x)
-    b = min(batch, n)
-    out = []
-    for i in range(0, n, b):
-      chunk = np.asarray(x[i : i + b])
-      valid = len(chunk)
-      if valid < b:
-        chunk = np.concatenate([chunk, np.zeros((b - valid, *chunk.shape[1:]), chunk.dtype)])
-      out.append(
-        jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], jax.device_get(fn(params, chunk)))
-      )
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *out)
-
-  def tokens(self, params, images) -> np.ndarray:
-    if not self.num_codes:
-      raise ConfigError("a continuous tokenizer has no discrete tokens for the unified models")
-    return self._batched(self._tokens, params, images).astype(np.int32)
-
-  def reconstruct(self, params, images) -> np.ndarray:
-    return np.clip(self._batched(self._recon, params, images), 0.0, 1.0)
-
-  def decode(self, params, indices) -> np.ndarray:
-    return np.clip(self._batched(self._decode, params, indices), 0.0, 1.0)
-
-  def posterior(self, params, images):
-    return self._batched(self._posterior, params, images)
-
-  def grid(self, image_size: int) -> int:
-    return grid_size(image_size, self.cfg.patch_size, len(self.cfg.widths))
-
-
-def cached_init(init_fn, tx, mesh):
-  """`seed -> (TrainState, sharding)`, jitted once (as `train_lib.init_state`, which compiles a
-  new closure on every call: with many same-shaped sub-runs that is most of their start-up)."""
-  box = {}
-
-  def create(key):
-    init_rng, step_rng = jax.random.split(key)
-    params, model_state = init_fn(init_rng)
-    return train_lib.TrainState.create(params=params, tx=tx, rng=step_rng, model_state=model_state)
-
-  def init(seed: int):
-    key = jax.random.PRNGKey(seed)
-    if not box:
-      sharding = train_lib.state_shardings(jax.eval_shape(create, key), mesh)
-      box["sharding"], box["fn"] = sharding, jax.jit(create, out_shardings=sharding)
-    return box["fn"](key), box["sharding"]
-
-  return init
-
-
-def train_stage(cfg, state, step_fn, batches, num_steps, data_sharding, workdir, log_dir, stage):
-  """`train_lib.train_loop` for one sub-run of the pipeline (a tokenizer or a unified model):
-  resumable from `workdir/checkpoints` (`cfg.checkpoint_every`), metrics rows tagged `stage` in
-  `log_dir`'s metrics.jsonl."""
-  with (
-    train_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=1, every=cfg.checkpoint_every
-    ) as ckpt,
-    train_lib.MetricWriter(log_dir, stage=stage) as writer,
-  ):
-    return train_lib.train_loop(
-      state=state,
-      step_fn=step_fn,
-      batches=batches,
-      num_steps=num_steps,
-      data_sharding=data_sharding,
-      checkpointer=ckpt,
-      writer=writer,
-      log_every=cfg.log_every,
-      progress=False,
-      stage=stage,
-    )
-
-
-def log_summary(name: str, metrics: Mapping[str, float]) -> None:
-  keys = ("psnr_image", "psnr_clean", "code_perplexity", "rate_nats", "kl_nats", "relevance")
-  logging.info(
-    "tokenizer %s: %s", name, ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
-  )

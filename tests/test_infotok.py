@@ -13,12 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from infotok import evaluate as ev
+from infotok import evaluate, tokenizer, unified, unified_trainer
 from infotok import judge as judge_lib
 from infotok import regularizers as reg
 from infotok import text as text_lib
-from infotok import tokenizer as tok_lib
-from infotok import unified as uni
 from shared import mi, train_lib
 from shared.data import shapes
 from shared.errors import ConfigError
@@ -52,7 +50,7 @@ def batch_and_model(quantizer="fsq", n=8):
     "caption": rng.integers(0, 10, size=(n, 6)).astype(np.int32),
   }
   batch["target"] = batch["image"]
-  model = tok_lib.make_tokenizer(small_tokenizer_cfg(quantizer), 10, 6)
+  model = tokenizer.make_tokenizer(small_tokenizer_cfg(quantizer), 10, 6)
   params = model.init(jax.random.key(0), batch["image"], batch["caption"], jax.random.key(1), 0.0)[
     "params"
   ]
@@ -60,7 +58,7 @@ def batch_and_model(quantizer="fsq", n=8):
 
 
 def weights(**kw):
-  return {k: jnp.float32(kw.get(k, 0.0)) for k in tok_lib.WEIGHT_NAMES}
+  return {k: jnp.float32(kw.get(k, 0.0)) for k in tokenizer.WEIGHT_NAMES}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,7 +91,7 @@ def test_objective_logs_the_shared_mi_values_of_its_own_outputs():
   model, params, batch = batch_and_model()
   key = jax.random.key(3)
   w = weights(noise=1.0, vib=0.1, hsic_beta_x=0.5, hsic_lambda_y=0.2, consistency=0.3)
-  loss, (m, _, _) = tok_lib.objective(model, params, batch, key, w, entropy_temperature=0.01)
+  loss, (m, _, _) = tokenizer.objective(model, params, batch, key, w, entropy_temperature=0.01)
   out = model.apply({"params": params}, batch["image"], batch["caption"], key, 1.0)
   b = batch["image"].shape[0]
   np.testing.assert_allclose(
@@ -126,7 +124,7 @@ def test_larger_beta_gives_lower_rate_after_training():
     @jax.jit
     def step(params, opt, i):
       grad = jax.grad(
-        lambda p: tok_lib.objective(
+        lambda p: tokenizer.objective(
           model, p, batch, jax.random.fold_in(jax.random.key(0), i), w, entropy_temperature=0.01
         )[0]
       )(params)
@@ -136,7 +134,9 @@ def test_larger_beta_gives_lower_rate_after_training():
     params, opt = params0, tx.init(params0)
     for i in range(60):
       params, opt = step(params, opt, i)
-    mu, logvar = model.apply({"params": params}, batch["image"], method=tok_lib.Tokenizer.posterior)
+    mu, logvar = model.apply(
+      {"params": params}, batch["image"], method=tokenizer.Tokenizer.posterior
+    )
     return float(reg.vib_rate(mu, logvar).mean())
 
   low, high = train(1e-3), train(1.0)
@@ -148,7 +148,7 @@ def test_larger_beta_gives_lower_rate_after_training():
 
 
 def layout():
-  return uni.Layout(
+  return unified.Layout(
     text_vocab=10,
     num_codes=7,
     num_image_tokens=4,
@@ -166,18 +166,18 @@ def test_layout_vocab_and_sequences():
   assert lay.vocab_size == 10 + 7 + 6 and lay.seq_len == 3 + 4 + 6
   img = np.array([[0, 1, 2, 6]])
   cap = np.array([[1, 5, 6, 2, 0, 0]])
-  t2i = uni.build_sequences(lay, "t2i", img, caption_BxLc=cap)
+  t2i = unified.build_sequences(lay, "t2i", img, caption_BxLc=cap)
   assert t2i["tokens"][0].tolist() == [
     lay.special("<t2i>"), 1, 5, 6, 2, 0, 0, lay.special("<boi>"), 10, 11, 12, 16,
     lay.special("<eoi>"),
   ]  # fmt: skip
   assert t2i["target"][0].tolist() == [False] * 8 + [True] * 4 + [False]
-  i2t = uni.build_sequences(lay, "i2t", img, caption_BxLc=cap)
+  i2t = unified.build_sequences(lay, "i2t", img, caption_BxLc=cap)
   # Targets: the caption words after <bos>, through <eos>, not the padding.
   assert np.flatnonzero(i2t["target"][0]).tolist() == [8, 9, 10]
   assert np.flatnonzero(i2t["image"][0]).tolist() == [2, 3, 4, 5]
   q, a = np.array([[1, 5, 2]]), np.array([[1, 7, 2]])
-  vqa = uni.build_sequences(lay, "vqa", img, question_BxLq=q, answer_BxLa=a)
+  vqa = unified.build_sequences(lay, "vqa", img, question_BxLq=q, answer_BxLa=a)
   assert vqa["tokens"][0, lay.answer_start : lay.answer_start + 3].tolist() == [1, 7, 2]
   assert np.flatnonzero(vqa["target"][0]).tolist() == [lay.answer_start + 1, lay.answer_start + 2]
 
@@ -228,12 +228,14 @@ def raw_batch(n=8):
 @pytest.mark.parametrize("style", ["ar", "masked"])
 def test_unified_loss_and_sampling_stay_in_their_vocabularies(style):
   lay = layout()
-  trainer = uni.UnifiedTrainer(unified_cfg(), style, lay, train_lib.make_mesh())
+  trainer = unified_trainer.UnifiedTrainer(unified_cfg(), style, lay, train_lib.make_mesh())
   params = trainer.model.init(jax.random.key(0), jnp.zeros((1, lay.seq_len), jnp.int32))["params"]
   batch = {
-    k: jnp.asarray(v) for k, v in uni.mixed_batch(lay, raw_batch(), (0.5, 0.25, 0.25)).items()
+    k: jnp.asarray(v) for k, v in unified.mixed_batch(lay, raw_batch(), (0.5, 0.25, 0.25)).items()
   }
-  loss, metrics = uni.loss_fn(trainer.model, trainer.style, lay, params, batch, jax.random.key(1))
+  loss, metrics = unified.loss_fn(
+    trainer.model, trainer.style, lay, params, batch, jax.random.key(1)
+  )
   assert np.isfinite(loss) and set(metrics) == {"loss_t2i", "loss_i2t", "loss_vqa"}
   # Untrained logits are near uniform: each task's CE is about log V.
   np.testing.assert_allclose(metrics["loss_t2i"], np.log(lay.vocab_size), rtol=0.2)
@@ -252,8 +254,10 @@ def test_kv_cache_decoding_equals_full_recompute(style):
   """Captions, answers and AR image codes decoded with cached keys / values equal those of the
   full recompute per token (random params, so the outputs are not trivially constant)."""
   lay = layout()
-  cached = uni.UnifiedTrainer(unified_cfg(depth=2), style, lay, train_lib.make_mesh())
-  full = uni.UnifiedTrainer(unified_cfg(depth=2, kv_cache=False), style, lay, train_lib.make_mesh())
+  cached = unified_trainer.UnifiedTrainer(unified_cfg(depth=2), style, lay, train_lib.make_mesh())
+  full = unified_trainer.UnifiedTrainer(
+    unified_cfg(depth=2, kv_cache=False), style, lay, train_lib.make_mesh()
+  )
   params = cached.model.init(jax.random.key(3), jnp.zeros((1, lay.seq_len), jnp.int32))["params"]
   params = jax.tree.map(lambda p: p * 4.0, params)  # sharper logits: argmax ties are unlikely
   raw = raw_batch(6)
@@ -272,15 +276,15 @@ def test_kv_cache_decoding_equals_full_recompute(style):
 
 def test_masked_loss_only_scores_masked_image_codes_of_t2i_rows():
   lay = layout()
-  trainer = uni.UnifiedTrainer(unified_cfg(), "masked", lay, train_lib.make_mesh())
+  trainer = unified_trainer.UnifiedTrainer(unified_cfg(), "masked", lay, train_lib.make_mesh())
   params = trainer.model.init(jax.random.key(0), jnp.zeros((1, lay.seq_len), jnp.int32))["params"]
-  batch = uni.mixed_batch(lay, raw_batch(), (1.0, 0.0, 0.0))  # all t2i
+  batch = unified.mixed_batch(lay, raw_batch(), (1.0, 0.0, 0.0))  # all t2i
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  _, m = uni.loss_fn(trainer.model, "masked", lay, params, batch, jax.random.key(1))
+  _, m = unified.loss_fn(trainer.model, "masked", lay, params, batch, jax.random.key(1))
   assert np.isfinite(m["loss_t2i"])
   # Changing unmasked text targets cannot change the loss: t2i rows have none.
   other = dict(batch, target=jnp.zeros_like(batch["target"]))
-  _, m2 = uni.loss_fn(trainer.model, "masked", lay, params, other, jax.random.key(1))
+  _, m2 = unified.loss_fn(trainer.model, "masked", lay, params, other, jax.random.key(1))
   np.testing.assert_allclose(m["loss_t2i"], m2["loss_t2i"], rtol=1e-6)
 
 
@@ -333,7 +337,7 @@ def test_caption_scores_and_selection_rule():
   }
   good = "a large red circle at the top left and a small blue square at the bottom right ."
   half = "a large red circle at the top left and a small red square at the top ."
-  s = ev.caption_scores(
+  s = evaluate.caption_scores(
     [good, half, "garbage"], {k: np.repeat(v, 3, 0) for k, v in arrays.items()}, 3
   )  # noqa: E501
   assert s["caption_parsed"] == pytest.approx(2 / 3)
@@ -343,8 +347,8 @@ def test_caption_scores_and_selection_rule():
     {"beta": 1e-2, "relevance": 0.85},
     {"beta": 1e-1, "relevance": 0.5},
   ]  # noqa: E501
-  assert ev.select_largest_within(points, "beta", reference=0.88, tolerance=0.05) == 1
-  assert ev.select_largest_within(points, "beta", reference=0.99, tolerance=0.01) == 0
+  assert evaluate.select_largest_within(points, "beta", reference=0.88, tolerance=0.05) == 1
+  assert evaluate.select_largest_within(points, "beta", reference=0.99, tolerance=0.01) == 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,12 +415,12 @@ def test_continuous_quantizer_is_a_one_line_error(tmp_path):
 def test_default_config_judge_above_95_percent_on_real_renders(tmp_path):
   """The default run's judge, trained as that run trains it, on fresh real test renders."""
   from configs import infotok as config_file
-  from infotok import train
+  from infotok import inputs
   from shared import data as data_lib
 
   cfg = config_file.get_config()
   d = cfg.data
-  scene = train.scene_options(d)
+  scene = inputs.scene_options(d)
   train = judge_lib.render_scenes(cfg.judge.num_scenes, **scene, seed=cfg.seed + 1)
   judge = judge_lib.train_judge(cfg.judge, train, d.grid, cfg.seed, str(tmp_path))
   test = data_lib.load(
@@ -468,14 +472,14 @@ def test_pick_captions_draws_one_per_row_and_resumes_identically():
 
 
 def test_caption_ids_cycle_through_each_images_captions(tmp_path):
-  from infotok import captions as cap_lib
+  from infotok import captions
   from shared.data.tfds_source import TEXT_SEPARATOR
 
   texts = np.asarray([TEXT_SEPARATOR.join(["A dog.", "A cat!"]), "Two birds"])
   splits = {"train": {"captions": texts}}
   tok = text_lib.build_word_level(text_lib.caption_vocab(list(texts)), str(tmp_path))
   cfg = ml_collections.ConfigDict(dict(captions_per_image=3, caption_len=5))
-  cap_lib.add_text_ids(splits, tok, cfg, word_level=True)
+  captions.add_text_ids(splits, tok, cfg, word_level=True)
   all_ids = splits["train"]["caption_ids_all"]
   assert all_ids.shape == (2, 3, 5)
   decoded = [text_lib.decode(tok, all_ids[i]) for i in range(2)]
@@ -522,7 +526,7 @@ def test_tiny_on_an_image_caption_tfds_set_end_to_end(tmp_path):
 
 def test_caption_sets_refuse_a_vqa_fraction(tmp_path):
   from configs import infotok as config_file
-  from infotok import train
+  from infotok import pipeline
 
   cfg = config_file.get_config("tiny,captions=true")
   cfg.unified.task_fractions = (0.5, 0.25, 0.25)
@@ -531,7 +535,7 @@ def test_caption_sets_refuse_a_vqa_fraction(tmp_path):
   vocab = text_lib.caption_vocab(["a dog"])
   tok = text_lib.build_word_level(vocab, str(tmp_path))
   with pytest.raises(ConfigError, match="no questions"):
-    train.Pipeline(cfg, str(tmp_path), splits, info, tok, judge=None)
+    pipeline.Pipeline(cfg, str(tmp_path), splits, info, tok, judge=None)
 
 
 def test_report_renders_image_caption_runs(tmp_path):

@@ -1,0 +1,170 @@
+"""The sub-runs of one InfoTok seed: a tokenizer (`Pipeline.tokenizer`) and a unified model on a
+frozen tokenizer's codes (`Pipeline.unified_run`), each resumable from its `result.json`.
+
+A `Pipeline` holds the data, the judge and the trainers that every sub-run of every seed shares.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from infotok import captions, evaluate, inputs, summary
+from infotok import text as text_lib
+from infotok.tokenizer_trainer import TokenizerTrainer, log_summary
+from infotok.unified import Layout
+from infotok.unified_trainer import UnifiedTrainer
+from shared import train_lib
+from shared.errors import ConfigError
+from shared.workdir import cached_result, load_params, read_json, save_params, write_json
+
+
+class Pipeline:
+  """Holds the data, the judge and the compiled trainers shared by every sub-run of one seed."""
+
+  def __init__(self, config, workdir, splits, info, text_tok, judge):
+    self.config = config
+    self.workdir = workdir
+    self.splits = splits
+    self.info = info
+    self.text_tok = text_tok
+    self.judge = judge
+    self.grid = info["grid"]
+    self.caption_set = captions.is_caption_set(config.data)
+    self.split_names = captions.SPLITS if self.caption_set else inputs.SPLITS
+    self.eval_splits = ("test",) if self.caption_set else ("test", "heldout")
+    self.mesh = train_lib.make_mesh(config.run.model_axis)
+    self.tok = TokenizerTrainer(
+      config.tokenizer,
+      len(text_tok),
+      config.text.caption_len,
+      self.mesh,
+      config.tokenizer.num_steps,
+    )
+    n_tokens = self.tok.grid(info["image_shape"][0]) ** 2
+    ids = text_lib.special_ids(text_tok)
+    qa = not self.caption_set  # image-caption sets have no question-answer pairs
+    if not qa and config.unified.task_fractions[2] > 0:
+      raise ConfigError(
+        f"unified.task_fractions={tuple(config.unified.task_fractions)}: {config.data.name} has "
+        "no questions; set the vqa fraction (the third) to 0"
+      )
+    self.layout = Layout(
+      text_vocab=len(text_tok),
+      num_codes=self.tok.num_codes,
+      num_image_tokens=n_tokens,
+      caption_len=config.text.caption_len,
+      question_len=config.text.question_len if qa else 0,
+      answer_len=config.text.answer_len if qa else 0,
+      pad_id=ids["pad"],
+      bos_id=ids["bos"],
+      eos_id=ids["eos"],
+    )
+    self.unified = {}
+    self.stage_seconds: dict[str, float] = {}
+
+  def _timed(self, name, fn):
+    start = time.time()
+    out = fn()
+    self.stage_seconds[name] = round(time.time() - start, 2)
+    return out
+
+  # -- tokenizers ------------------------------------------------------------------------------
+
+  def tokenizer(self, seed_dir: str, name: str, weights: dict, seed: int) -> dict:
+    """Trains (or reads back) one tokenizer; returns its val/test metrics and token arrays path."""
+    cfg = self.config
+    sub = os.path.join(seed_dir, "tokenizers", name)
+    result_path = os.path.join(sub, "result.json")
+    tokens_path = os.path.join(sub, "tokens.npz")
+    done = read_json(result_path)
+    if done is not None and os.path.exists(tokens_path):  # both, or train it again
+      return done
+    train = self.splits["train"]
+    arrays = {
+      "image": train["image"],
+      "target": train[cfg.tokenizer.target],
+      "caption": train.get("caption_ids_all", train["caption_ids"]),  # [N, K, L]: one per step
+    }
+    stage = f"tokenizer/{name}"
+    params = self._timed(
+      stage, lambda: self.tok.train(sub, self.workdir, stage, weights, arrays, seed)
+    )
+    n = cfg.eval.num_recon
+    result = {"name": name, "weights": weights}
+    for split in ("val", *self.eval_splits):
+      metrics, recon = evaluate.reconstruction(self.tok, params, self.splits[split], self.judge, n)
+      result[split] = metrics
+      if split == "test":
+        np.save(os.path.join(sub, "recon_test.npy"), recon[: cfg.eval.grid_samples])
+    tokens = {s: self.tok.tokens(params, self.splits[s]["image"]) for s in self.split_names}
+    if jax.process_index() == 0:
+      np.savez(tokens_path, **tokens)
+    save_params(os.path.join(sub, "params.npz"), params)
+    log_summary(name, result["val"])
+    write_json(result_path, result)
+    return result
+
+  def tokenizer_params(self, seed_dir: str, name: str):
+    return load_params(os.path.join(seed_dir, "tokenizers", name, "params.npz"))
+
+  def tokens(self, seed_dir: str, name: str) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(seed_dir, "tokenizers", name, "tokens.npz")) as f:
+      return {k: f[k] for k in f.files}
+
+  # -- unified models --------------------------------------------------------------------------
+
+  def trainer(self, style: str) -> UnifiedTrainer:
+    kind = "masked" if style == "masked" else "ar"
+    if kind not in self.unified:
+      self.unified[kind] = UnifiedTrainer(self.config.unified, kind, self.layout, self.mesh)
+    return self.unified[kind]
+
+  def unified_run(self, seed_dir, style, variant, tok_name, seed) -> dict:
+    """Trains (or reads back) one unified model; returns its test (and held-out) metrics."""
+    sub = os.path.join(seed_dir, "unified", f"{style}_{variant}")
+    return cached_result(
+      os.path.join(sub, "result.json"),
+      lambda: self._unified(sub, seed_dir, style, variant, tok_name, seed),
+    )
+
+  def _unified(self, sub, seed_dir, style, variant, tok_name, seed) -> dict:
+    cfg = self.config
+    trainer = self.trainer(style)
+    tokens = self.tokens(seed_dir, tok_name)
+    train = self.splits["train"]
+    caption_ids = train.get("caption_ids_all", train["caption_ids"])  # [N, K, L]: one per step
+    arrays = {"image_tokens": tokens["train"], "caption": caption_ids}
+    if not self.caption_set:
+      arrays.update(question=train["question_ids"], answer=train["answer_ids"])
+    stage = f"unified/{style}_{variant}"
+    params = self._timed(stage, lambda: trainer.train(sub, self.workdir, stage, arrays, seed))
+    tok_params = self.tokenizer_params(seed_dir, tok_name)
+    result = {"style": style, "variant": variant, "tokenizer": tok_name, "seed": seed}
+    n = cfg.eval.num_examples
+    key = jax.random.key(seed + 1000)
+    start = time.time()
+    for split in self.eval_splits:
+      arrays_s = self.splits[split]
+      und = evaluate.understanding(
+        trainer, params, tokens[split], arrays_s, self.text_tok, self.grid, n, self.judge
+      )
+      gen, images = evaluate.generation(
+        trainer, params, self.tok, tok_params, arrays_s, self.judge, key, n
+      )
+      result[split] = {**und, **gen}
+      if split == "test" and jax.process_index() == 0:
+        np.save(os.path.join(sub, "generated_test.npy"), images[: cfg.eval.grid_samples])
+    self.stage_seconds[f"eval/{style}_{variant}"] = round(time.time() - start, 2)
+    row = summary.row(result, {"test": {}}, self.caption_set)
+    logging.info(
+      "%s/%s: %s",
+      style,
+      variant,
+      ", ".join(f"{k} {row[k]:.3f}" for k in summary.headline(self.caption_set) if k in row),
+    )
+    return result
