@@ -331,3 +331,63 @@ def test_every_variant_is_a_valid_run_config(arg):
   assert len(cfg.seeds) == (1 if arg == "tiny" else 3)
   assert cfg.eps == pytest.approx(8 / 255)
   assert {"clean", "random", "em", "tue", "dist"} <= set(cfg.methods)
+
+
+def test_programs_are_built_once_per_settings_and_keep_their_own_copy():
+  from unlearnable import evaluate, minmin, perturb, victims
+
+  cfg = _config()
+  kind, settings = perturb.minmin_settings(cfg, "em")
+  search = minmin.program(kind, settings, 3, False)
+  assert minmin.program(kind, json.loads(json.dumps(settings)), 3, False) is search
+  assert minmin.program(kind, settings, 4, False) is not search
+  assert minmin.program(kind, settings, 3, True) is not search
+  settings["pgd_steps"] = 99  # the caller's dict changes; the built program does not
+  assert search.cfg.pgd_steps == cfg.em.pgd_steps
+  spec = evaluate.model_spec(cfg, cfg.surrogate)
+  recipe = evaluate.supervised_recipe(cfg, "supervised")
+  victim = victims.program("supervised", spec, 3, recipe, 10, (8, 8, 3))
+  assert victims.program("supervised", dict(spec), 3, recipe.copy_and_resolve_references(), 10,
+                         [8, 8, 3]) is victim  # fmt: skip
+  assert victims.program("supervised", spec, 3, recipe, 11, (8, 8, 3)) is not victim
+  with recipe.unlocked():
+    recipe.batch_size = 7
+  assert victim.recipe.batch_size == cfg.victim.batch_size
+
+
+def test_a_checkpointed_victim_resumes_to_the_same_cell(tmp_path):
+  from unlearnable import evaluate, victims
+
+  rng = np.random.default_rng(5)
+  train = {"image": rng.uniform(0, 1, (64, 8, 8, 3)).astype(np.float32),
+           "label": rng.integers(0, 3, 64).astype(np.int32)}  # fmt: skip
+  test = {"image": rng.uniform(0, 1, (40, 8, 8, 3)).astype(np.float32),
+          "label": rng.integers(0, 3, 40).astype(np.int32)}  # fmt: skip
+  cfg = _config(**{"run.checkpoint_victims": True, "run.checkpoint_every": 2})
+  recipe = evaluate.supervised_recipe(cfg, "supervised")
+  spec = evaluate.model_spec(cfg, cfg.surrogate)
+  run = dict(workdir=str(tmp_path), stage="clean/supervised", run_cfg=cfg.run)
+  key = jax.random.PRNGKey(0)
+  cell = victims.train_victim("supervised", spec, recipe, train, test, 3, key, **run)
+  assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "metrics.jsonl").is_file()
+  assert len(cell["curve"]) == recipe.epochs and 0.0 <= cell["final"] <= cell["peak"] <= 1.0
+  again = victims.train_victim("supervised", spec, recipe, train, test, 3, key, **run)
+  assert (again["final"], again["peak"]) == (cell["final"], cell["peak"])
+  assert again["curve"] == [cell["curve"][-1]]  # resumed at the end: evaluated once, not trained
+
+
+def test_victim_outputs_do_not_depend_on_the_eval_batch():
+  from unlearnable import evaluate, victims
+
+  cfg = _config()
+  spec = evaluate.model_spec(cfg, cfg.other_arch)
+  images = np.random.default_rng(6).uniform(0, 1, (20, 8, 8, 3)).astype(np.float32)
+  for kind, recipe in (("supervised", cfg.victim), ("simclr", cfg.simclr_victim)):
+    prog = victims.program(kind, spec, 3, recipe, 4, images.shape[1:])
+    state = prog.create(jax.random.PRNGKey(1))
+    whole = victims._outputs(prog, state, images, 24)  # one padded batch
+    assert len(whole) == len(images)
+    # Same rows in the same order; other batch shapes may round differently in the last bits.
+    np.testing.assert_allclose(
+      victims._outputs(prog, state, images, 8), whole, rtol=1e-5, atol=1e-6
+    )

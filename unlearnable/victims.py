@@ -131,12 +131,17 @@ def program(kind: str, spec: dict, num_classes: int, recipe, total_steps: int, s
 
 
 def _outputs(prog, state, images, batch_size):
-  """Predictions (supervised) or features (simclr) for all images, in order."""
+  """Predictions (supervised) or features (simclr) for all images, in order.
 
-  def predict(x):
-    return prog.predict(state.params, state.model_state, x)
-
-  return stages.batched_apply(predict, images, batch_size, sharding=prog.data_sharding)
+  Every batch is padded to `batch_size` rows, also when there are fewer images than that
+  (`stages.batched_apply` would shrink the batch to the images there are: another shape, whose
+  features differ in the last bits on some devices, which can move a linear probe).
+  """
+  out = []
+  for b in data_lib.eval_batches({"image": images}, batch_size):
+    x = jax.device_put(b["image"], prog.data_sharding)
+    out.append(np.asarray(prog.predict(state.params, state.model_state, x))[b["mask"]])
+  return np.concatenate(out)
 
 
 def linear_probe(train_feats, train_labels, test_feats, test_labels, c: float) -> float:
