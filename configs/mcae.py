@@ -12,6 +12,7 @@ Variants:
              out protocols, every method, 3 seeds: MCAE vs ViT-from-scratch, ResNet-18 ERM,
              MAE->FT and SupCon->FT under the same step budget.
   tiny       the same pipeline shrunk to seconds: one protocol, one seed, a few steps.
+  ...,seeds=N  any variant with seeds 0..N-1 (e.g. `configs/mcae.py:compare,seeds=5`).
   ablations  MCAE's design choices on fas_proxy: mask ratio 0.5 / 0.75 / 0.9, decoder depth,
              lambda, which layers fine-tune (each a method spec with overrides).
   compare    the default comparison at a larger budget (64x64, bigger ViT, more data and steps).
@@ -46,13 +47,13 @@ ABLATIONS = (
 
 
 def get_config(arg=None):
-  args = config_utils.parse_arg(arg, variants=VARIANTS)
+  args = config_utils.parse_arg(arg, variants=VARIANTS, seeds=0)  # seeds=N: run seeds 0..N-1
   v = args.variant
   cfg = ml_collections.ConfigDict()
   cfg.method = "mcae"
   cfg.variant = v
   cfg.seed = 0  # root key; sub-run s uses fold_in(PRNGKey(seed), s)
-  cfg.seeds = (0,) if v == "tiny" else (0, 1, 2)
+  cfg.seeds = tuple(range(args.seeds or (1 if v == "tiny" else 3)))
   cfg.methods = ABLATIONS if v == "ablations" else METHODS
   cfg.protocols = ("d0",) if v == "tiny" else ()  # target domains; () = every domain
 
@@ -174,6 +175,34 @@ def get_config(arg=None):
         weight_decay=0.05,
         warmup_steps={"tiny": 1}.get(v, (pre_steps + ft_steps) // 10),
         grad_clip=1.0,
+      ),
+    )
+  )
+  # The methods a spec can name (mcae/methods.py): a classifier and, for the pre-trained ones,
+  # the updates their pre-training applies to `pretrain` (after a spec's own overrides; None =
+  # trained with labels only, for `baselines.supervised_steps`).
+  cfg.method_table = ml_collections.ConfigDict(
+    dict(
+      vit_scratch=dict(
+        description="ViT trained from scratch (supervised only)", classifier="vit", pretrain=None
+      ),
+      resnet18_erm=dict(description="ResNet-18 ERM", classifier="resnet18", pretrain=None),
+      mae_ft=dict(
+        description="MAE pre-train -> fine-tune", classifier="vit", pretrain=dict(supcon_weight=0.0)
+      ),
+      supcon_ft=dict(
+        description="SupCon pre-train -> fine-tune",
+        classifier="vit",
+        pretrain=dict(
+          mae_weight=0.0,
+          supcon_weight=1.0,
+          mask_ratio=cfg.baselines.get_ref("supcon_mask_ratio"),
+        ),
+      ),
+      mcae=dict(
+        description="MCAE: MAE + lambda * SupCon pre-train -> fine-tune",
+        classifier="vit",
+        pretrain=dict(),
       ),
     )
   )

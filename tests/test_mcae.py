@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs.mcae import get_config
-from mcae import evaluate, finetune, pretrain, train
+from mcae import evaluate, finetune, methods, pretrain
 from mcae.supcon import positive_groups, supcon_loss
 from shared import config_utils, train_lib
 from shared.errors import ConfigError
@@ -192,16 +192,16 @@ def test_frozen_layers_get_no_update():
 
 def test_method_specs_and_overrides():
   cfg = get_config(None)
-  base, overrides = train.parse_method("mcae:pretrain.mask_ratio=0.9;finetune.train_blocks=0")
+  base, overrides = methods.parse_method("mcae:pretrain.mask_ratio=0.9;finetune.train_blocks=0")
   assert base == "mcae" and overrides == [
     ("pretrain.mask_ratio", "0.9"),
     ("finetune.train_blocks", "0"),
   ]
-  mcfg = train.method_config(cfg, "mcae:pretrain.mask_ratio=0.9;finetune.train_blocks=0")
+  mcfg = methods.method_config(cfg, "mcae:pretrain.mask_ratio=0.9;finetune.train_blocks=0")
   assert mcfg.pretrain.mask_ratio == 0.9 and mcfg.finetune.train_blocks == 0
   assert cfg.pretrain.mask_ratio == 0.75  # the run's config is untouched
-  assert train.pretrain_config(mcfg, "mae_ft").supcon_weight == 0.0
-  supcon = train.pretrain_config(cfg, "supcon_ft")
+  assert methods.pretrain_config(mcfg, "mae_ft").supcon_weight == 0.0
+  supcon = methods.pretrain_config(cfg, "supcon_ft")
   assert supcon.mae_weight == 0.0 and supcon.mask_ratio == cfg.baselines.supcon_mask_ratio
   for bad, words in [
     ("nope", "unknown method"),
@@ -210,7 +210,7 @@ def test_method_specs_and_overrides():
     ("mcae:pretrain", "not 'field=value'"),
   ]:
     with pytest.raises(ConfigError, match=words):
-      train.method_config(cfg, bad)
+      methods.method_config(cfg, bad)
 
 
 def test_fas_report_both_conventions():
@@ -349,18 +349,18 @@ def test_every_variant_builds_its_stages(variant):
   }
   seen = set()  # trace each distinct stage once (tracing ViT-B is slow)
   for spec in cfg.methods:
-    base, _ = train.parse_method(spec)
-    mcfg = train.method_config(cfg, spec)
+    base, _ = methods.parse_method(spec)
+    mcfg = methods.method_config(cfg, spec)
     if variant == "ablations" and spec != "mcae":
       continue  # the ablations only change values; their specs were parsed above
-    if train.METHODS[base].pretrain is not None:
-      pcfg = train.pretrain_config(mcfg, base)
+    if cfg.method_table[base].pretrain is not None:
+      pcfg = methods.pretrain_config(mcfg, base)
       params, _ = jax.eval_shape(pretrain.init_params(mcfg.model, pcfg, dtype, shape), KEY)
       loss_fn = pretrain.make_loss(mcfg.model, pcfg, dtype, num_domains=4, num_attacks=3)
       loss, _ = jax.eval_shape(loss_fn, params, {}, batch, KEY)
       assert loss.shape == ()
       jax.eval_shape(train_lib.make_optimizer(pcfg.optimizer, pcfg.num_steps).init, params)
-    is_resnet = train.METHODS[base].classifier == "resnet18"
+    is_resnet = cfg.method_table[base].classifier == "resnet18"
     if is_resnet in seen:
       continue
     seen.add(is_resnet)
@@ -381,3 +381,23 @@ def test_every_variant_builds_its_stages(variant):
     assert (opt.b1, opt.b2, opt.weight_decay) == (0.9, 0.95, 0.05)
     assert opt.lr == pytest.approx(1.5e-4 * cfg.pretrain.batch_size / 256)
     assert cfg.data.name == "fas_json"
+
+
+def test_method_table_is_config_data_and_seeds_argument():
+  """The README's `configs/mcae.py:compare,seeds=5`; spec values parse as `--config.x=v` does;
+  supcon_ft's mask ratio follows `baselines.supcon_mask_ratio`, also when a spec changes it."""
+  cfg = get_config("compare,seeds=5")
+  assert cfg.variant == "compare" and cfg.seeds == (0, 1, 2, 3, 4)
+  assert get_config("tiny").seeds == (0,) and get_config(None).seeds == (0, 1, 2)
+  assert set(cfg.methods) == set(cfg.method_table)
+  mcfg = methods.method_config(cfg, "supcon_ft:baselines.supcon_mask_ratio=0.5;pretrain.flip=false")
+  assert methods.pretrain_config(mcfg, "supcon_ft").mask_ratio == 0.5
+  assert mcfg.pretrain.flip is False and cfg.pretrain.flip is True
+  assert methods.pretrain_config(cfg, "supcon_ft").mask_ratio == 0.0
+  assert methods.folder_name("mcae:pretrain.num_steps=100;finetune.num_steps=200") == (
+    "mcae__pretrain.num_steps_100_finetune.num_steps_200"
+  )
+  with pytest.raises(ConfigError, match="no pre-training"):
+    methods.pretrain_config(cfg, "vit_scratch")
+  with pytest.raises(ConfigError, match="not a int"):
+    methods.method_config(cfg, "mcae:finetune.train_blocks=0.5")

@@ -1,0 +1,175 @@
+"""One sub-run: a method trained and evaluated on one protocol with one seed.
+
+  <workdir>/seed_<s>/<protocol>/<method>/      fine-tune checkpoints, metrics.jsonl, subrun.json
+  <workdir>/seed_<s>/<protocol>/pretrain-<h>/  a pre-training stage, shared by the methods (and
+                                               ablations) whose pre-training config hashes to <h>
+
+A finished sub-run is read back from its `subrun.json`; an interrupted one resumes from its last
+checkpoint. The held-out domain is used for its test split only: the model is selected (when
+`finetune.select_every` > 0) and the honest threshold fixed on the sources' val splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from mcae import evaluate, methods, stage_builders
+from mcae.protocols import Protocol, select
+from mcae.selection import BestValSelection
+from shared import data as data_lib
+from shared import stages
+from shared.models.vit import init_classifier_from_mae
+from shared.workdir import cached_result
+
+PRETRAIN_FIELDS = ("image", "label", "domain", "attack")
+CLASSIFIER_FIELDS = ("image", "label")
+
+
+@dataclasses.dataclass
+class RunContext:
+  """What every sub-run of one job shares."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: object
+  data_sharding: object
+  image_shape: tuple
+  num_domains: int
+  num_attacks: int
+
+
+def subrun_folder(workdir: str, seed: int, proto: Protocol, spec: str) -> str:
+  return os.path.join(workdir, f"seed_{seed}", proto.slug, methods.folder_name(spec))
+
+
+def _train(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folder, name, **hooks):
+  """`shared.stages.run_stage` over shuffled batches of `fields` of `arrays`."""
+  arrays = {k: arrays[k] for k in fields}
+  run = ctx.config.run
+  return stages.run_stage(
+    state=state,
+    step_fn=stage.step,
+    batches=lambda start: data_lib.batches(arrays, batch_size, seed=seed, start_step=start),
+    num_steps=num_steps,
+    data_sharding=ctx.data_sharding,
+    checkpoint_dir=os.path.join(folder, "checkpoints"),
+    log_dir=folder,
+    stage=name,
+    checkpoint_every=run.checkpoint_every,
+    keep=1,
+    log_every=run.log_every,
+    progress=run.progress,
+    **hooks,
+  )
+
+
+def _pretrain(ctx, mcfg, name, proto, seed, key, source_train):
+  """Runs (or resumes, or reuses) the pre-training stage; returns its params."""
+  pretrain_cfg = methods.pretrain_config(mcfg, name)
+  folder_id = stage_builders.pretrain_folder_id(ctx, mcfg, pretrain_cfg)
+  folder = os.path.join(ctx.workdir, f"seed_{seed}", proto.slug, f"pretrain-{folder_id}")
+  stage = stage_builders.pretrain_stage(ctx, mcfg, pretrain_cfg)
+  state = stage.create(jax.random.fold_in(key, 1))
+  state = _train(
+    ctx,
+    stage,
+    state,
+    source_train,
+    PRETRAIN_FIELDS,
+    pretrain_cfg.num_steps,
+    pretrain_cfg.batch_size,
+    seed * 1000 + 1,
+    folder,
+    f"pretrain[{proto.name}, seed {seed}]",
+  )
+  return state.params
+
+
+def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, splits) -> dict:
+  start = time.time()
+  folder = subrun_folder(ctx.workdir, seed, proto, spec)
+  name, _ = methods.parse_method(spec)
+  mcfg = methods.method_config(ctx.config, spec)
+  key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), seed)
+  source_train = select(splits["train"], proto.sources, f"{proto.name}: source train")
+  source_val = select(splits["val"], proto.sources, f"{proto.name}: source val")
+  target_test = select(splits["test"], [proto.target], f"{proto.name}: target test")
+
+  pre_params = None
+  if mcfg.method_table[name].pretrain is not None:
+    pre_params = _pretrain(ctx, mcfg, name, proto, seed, key, source_train)
+  plan = stage_builders.classifier_stage(ctx, mcfg, name, pretrained=pre_params is not None)
+  stage = plan.stage
+  state = stage.create(jax.random.fold_in(key, 2))
+  if pre_params is not None:
+    params = init_classifier_from_mae(state.params, pre_params["backbone"])
+    state = state.replace(params=jax.device_put(params, stage.sharding.params))
+  del pre_params  # the classifier holds its own copy now
+  selection = None
+  if mcfg.finetune.select_every > 0:
+    selection = BestValSelection(
+      stage, folder, source_val, ctx.config.eval_batch_size, ctx.data_sharding
+    )
+  state = _train(
+    ctx,
+    stage,
+    state,
+    source_train,
+    CLASSIFIER_FIELDS,
+    plan.num_steps,
+    plan.loss_cfg.batch_size,
+    seed * 1000 + 2,
+    folder,
+    f"{spec}[{proto.name}, seed {seed}]",
+    hooks=(selection,) if selection else (),
+    hook_every=mcfg.finetune.select_every,
+  )
+  params, model_state = selection.restore(state) if selection else (state.params, state.model_state)
+
+  def score(arrays):
+    return evaluate.predict(
+      stage.score, params, model_state, arrays, ctx.config.eval_batch_size, ctx.data_sharding
+    )
+
+  val_scores, test_scores = score(source_val), score(target_test)
+  result = {
+    "method": spec,
+    "protocol": proto.name,
+    "seed": seed,
+    **evaluate.fas_report(val_scores, source_val["label"], test_scores, target_test["label"]),
+    "selected_step": selection.best["step"] if selection and selection.best else plan.num_steps,
+    "steps": plan.num_steps,
+    "wall_time_s": round(time.time() - start, 2),
+  }
+  if jax.process_index() == 0:
+    np.savez(
+      os.path.join(folder, "scores.npz"),
+      val_scores=val_scores,
+      val_labels=source_val["label"],
+      test_scores=test_scores,
+      test_labels=target_test["label"],
+    )
+  logging.info(
+    "%s %s seed %d: HTER(test EER) %.2f%%, HTER(val thr) %.2f%%, AUC %.2f%% (%.1fs)",
+    spec,
+    proto.name,
+    seed,
+    100 * result["hter_eer"],
+    100 * result["hter_val"],
+    100 * result["auc"],
+    result["wall_time_s"],
+  )
+  return result
+
+
+def run_subrun(ctx: RunContext, spec: str, seed: int, proto: Protocol, splits) -> dict:
+  """Trains and evaluates one method on one protocol with one seed, or reads its result."""
+  path = os.path.join(subrun_folder(ctx.workdir, seed, proto, spec), "subrun.json")
+  return cached_result(path, lambda: _train_and_score(ctx, spec, seed, proto, splits))
