@@ -8,7 +8,6 @@ all of them (`shared.stages.compiled`, keyed on the tokenizer config, text shape
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 
 import jax
@@ -18,7 +17,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infotok import quantizers, train_state
+from infotok import quantizers, subrun
 from infotok import text as text_lib
 from infotok.tokenizer import WEIGHT_NAMES, Tokenizer, make_tokenizer, num_codes, objective
 from shared import data as data_lib
@@ -42,7 +41,7 @@ class TokenizerTrainer:
     self.data_sharding = train_lib.batch_sharding(mesh)
     # Everything the compiled pieces close over.
     self._key = ("infotok/tokenizer", cfg, text_vocab_size, text_length, num_steps)
-    self._key += (train_state.mesh_key(mesh),)
+    self._key += (subrun.mesh_key(mesh),)
     self._maps = stages.compiled(stages.stage_key(*self._key, "maps"), self._build_maps)
 
   def _build_maps(self):
@@ -65,7 +64,7 @@ class TokenizerTrainer:
       return params, {"usage": usage}
 
     key = stages.stage_key(*self._key, "init", sample_image, sample_caption)
-    return train_state.init_state(key, seed, init_fn, self.tx, self.mesh)
+    return subrun.init_state(key, seed, init_fn, self.tx, self.mesh)
 
   def train_step(self, state_sharding):
     """The jitted `step(state, batch, weights) -> (state, metrics)` (compiled once per process)."""
@@ -136,21 +135,14 @@ class TokenizerTrainer:
     state, sharding = self.init_state(seed, arrays["image"][:1], first)
     step = self.train_step(sharding)
     cfg = self.cfg
-    state = stages.run_stage(
-      state=state,
-      step_fn=lambda s, b: step(s, b, w),
-      batches=lambda start: text_lib.pick_captions(
-        data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start), seed, start
-      ),
-      num_steps=self.num_steps,
-      data_sharding=self.data_sharding,
-      checkpoint_dir=os.path.join(workdir, "checkpoints"),
-      log_dir=log_dir,
-      stage=stage,
-      checkpoint_every=cfg.checkpoint_every,
-      keep=1,
-      log_every=cfg.log_every,
-      progress=False,
+
+    def batches(start):
+      stream = data_lib.batches(arrays, cfg.batch_size, seed=seed, start_step=start)
+      return text_lib.pick_captions(stream, seed, start)
+
+    step_fn = lambda s, b: step(s, b, w)
+    state = subrun.train(
+      cfg, state, step_fn, batches, self.num_steps, self.data_sharding, workdir, log_dir, stage
     )
     return jax.device_get(state.params)
 

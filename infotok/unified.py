@@ -16,7 +16,8 @@ Styles (`shared.models.transformer.TransformerLM` in each):
             token prediction (MaskGIT: mask ratio cos(pi/2 r), r ~ U(0, 1)) and sampled by
             iterative parallel decoding with `shared.masks.num_masked` / confidence re-masking.
   semantic  VILA-U / UniTok: the AR model, on a tokenizer trained with an image-text contrastive
-            term (the difference lives in the tokenizer's loss weights, see train.py).
+            term (the difference lives in the tokenizer's loss weights:
+            `tokenizer_sweep.semantic_weights`).
 Training and sampling: `infotok.unified_trainer`.
 """
 

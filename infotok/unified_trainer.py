@@ -8,15 +8,14 @@ layout and mesh (`shared.stages.compiled`), so every variant of a style shares t
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from infotok import subrun
 from infotok import text as text_lib
-from infotok import train_state
 from infotok.unified import (
   STYLES,
   Layout,
@@ -56,7 +55,7 @@ class UnifiedTrainer:
     self.data_sharding = train_lib.batch_sharding(mesh)
     # Everything the compiled pieces close over.
     self._key = ("infotok/unified", cfg, self.style, dataclasses.asdict(layout))
-    self._key += (train_state.mesh_key(mesh),)
+    self._key += (subrun.mesh_key(mesh),)
 
   def _compiled(self, name, build):
     return stages.compiled(stages.stage_key(*self._key, name), build)
@@ -66,7 +65,7 @@ class UnifiedTrainer:
     sample = jnp.zeros((1, self.layout.seq_len), jnp.int32)
     init_fn = lambda k: (self.model.init(k, sample)["params"], {})
     key = stages.stage_key(*self._key, "init")
-    return train_state.init_state(key, seed, init_fn, self.tx, self.mesh)
+    return subrun.init_state(key, seed, init_fn, self.tx, self.mesh)
 
   def train_step(self, state_sharding):
     """The jitted `step(state, batch) -> (state, metrics)` (compiled once per process)."""
@@ -96,19 +95,9 @@ class UnifiedTrainer:
       for raw in text_lib.pick_captions(stream, seed, start):
         yield mixed_batch(self.layout, raw, cfg.task_fractions)
 
-    state = stages.run_stage(
-      state=state,
-      step_fn=self.train_step(sharding),
-      batches=batches,
-      num_steps=cfg.num_steps,
-      data_sharding=self.data_sharding,
-      checkpoint_dir=os.path.join(workdir, "checkpoints"),
-      log_dir=log_dir,
-      stage=stage,
-      checkpoint_every=cfg.checkpoint_every,
-      keep=1,
-      log_every=cfg.log_every,
-      progress=False,
+    step = self.train_step(sharding)
+    state = subrun.train(
+      cfg, state, step, batches, cfg.num_steps, self.data_sharding, workdir, log_dir, stage
     )
     return jax.device_get(state.params)
 

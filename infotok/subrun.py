@@ -1,5 +1,8 @@
-"""The TrainState of a sub-run (a tokenizer or a unified model), built by a jitted initialiser that
-is compiled once per process for each model and optimizer (`shared.stages.compiled`).
+"""What every sub-run of the pipeline (a tokenizer or a unified model) does the same way.
+
+  init_state(key, seed, init_fn, tx, mesh)   its TrainState, from an initialiser jitted once per
+                                             process for each model and optimizer
+  train(cfg, state, step_fn, batches, ...)   its resumable training stage (`stages.run_stage`)
 
 Why not `train_lib.init_state`: it builds a new closure on every call, so each of the many
 same-shaped sub-runs of a sweep would compile its initialiser anew (most of their start-up).
@@ -7,9 +10,11 @@ same-shaped sub-runs of a sweep would compile its initialiser anew (most of thei
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
+import numpy as np
 
 from shared import stages, train_lib
 
@@ -38,3 +43,33 @@ def init_state(key: str, seed: int, init_fn: Callable, tx, mesh):
   """
   create, sharding = stages.compiled(key, lambda: _jitted_create(init_fn, tx, mesh))
   return create(jax.random.PRNGKey(seed)), sharding
+
+
+def train(
+  cfg,
+  state: train_lib.TrainState,
+  step_fn: Callable,
+  batches: Callable[[int], Iterator[Mapping[str, np.ndarray]]],
+  num_steps: int,
+  data_sharding,
+  workdir: str,
+  log_dir: str,
+  stage: str,
+) -> train_lib.TrainState:
+  """One sub-run's training: resumable from `workdir/checkpoints` (the last one kept, every
+  `cfg.checkpoint_every` steps), metrics rows tagged `stage` in `log_dir`'s metrics.jsonl every
+  `cfg.log_every` steps, no progress bar."""
+  return stages.run_stage(
+    state=state,
+    step_fn=step_fn,
+    batches=batches,
+    num_steps=num_steps,
+    data_sharding=data_sharding,
+    checkpoint_dir=os.path.join(workdir, "checkpoints"),
+    log_dir=log_dir,
+    stage=stage,
+    checkpoint_every=cfg.checkpoint_every,
+    keep=1,
+    log_every=cfg.log_every,
+    progress=False,
+  )
