@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_prune import diffusion, evaluate, surgery
-from gradflow_prune import train as gp_train
+from gradflow_prune import evaluate, surgery
+from gradflow_prune.toolkit import Toolkit, schedule, unet_config
 from shared import train_lib
 from shared.benchmark import Case, breakdown
 from shared.errors import ConfigError
@@ -30,17 +30,15 @@ def _setup(config, dtype: str):
   with cfg.unlocked():
     cfg.run.dtype = dtype
   image_shape = (32, 32, 3) if cfg.data.name == "tfds:cifar10" else (32, 32, 1)
-  model_config = gp_train._model_config(cfg, image_shape)
-  sched = diffusion.linear_schedule(
-    cfg.diffusion.num_timesteps, cfg.diffusion.beta_start, cfg.diffusion.beta_end
-  )
+  model_config = unet_config(cfg, image_shape)
+  sched = schedule(cfg)
   mesh = train_lib.make_mesh(cfg.run.model_axis)
   return cfg, model_config, sched, mesh, image_shape
 
 
 def train_case(config, batch_size: int, dtype: str) -> Case:
   cfg, model_config, sched, mesh, image_shape = _setup(config, dtype)
-  kit = gp_train.Toolkit(model_config, sched, cfg, mesh)
+  kit = Toolkit(model_config, sched, cfg, mesh)
   params = unet.init_params(kit.model, 0)
   opt = cfg.pretrain.optimizer
   state, step = kit.make_state(params, opt, cfg.pretrain.steps, jax.random.PRNGKey(0))
@@ -91,7 +89,7 @@ def sample_cases(config, batch_size: int, dtype: str = "bfloat16") -> list[Case]
   out = []
   for keep in (1.0, *cfg.prune.keep_ratios):
     small_config, small_params = _pruned(model_config, params, keep)
-    kit = gp_train.Toolkit(small_config, sched, cfg, mesh)
+    kit = Toolkit(small_config, sched, cfg, mesh)
     model = kit.model
     small_params = jax.device_put(small_params, train_lib.replicated(mesh))
     raw_forward = lambda p, x, t, model=model: model.apply({"params": p}, x, t)

@@ -1,6 +1,6 @@
 """Evaluation of (pruned) diffusion U-Nets: FD, SSIM to the teacher, params, MACs, latency, figures.
 
-- FD: Frechet distance between features of generated samples and of the data (shared.features:
+- FD: Frechet distance between features of generated samples and of the data (shared.fd:
   the in-repo classifier trained on the embedded data set by default, FID Inception-v3 when its
   weights are supplied).
 - SSIM to the teacher (Diff-Pruning's consistency measure): the pruned and the pre-trained model

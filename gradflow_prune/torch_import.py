@@ -3,9 +3,9 @@
 Diff-Pruning starts from that checkpoint (its EMA version). A user supplies the state dict as a
 file -- nothing is downloaded -- and `load_unet_state_dict(path, model_config)` returns our params:
 
-  .pth / .pt / .bin   a PyTorch state dict (`torch.load`; torch is optional and imported only here)
-  .npz                the same arrays saved with numpy (`np.savez(path, **{k: v.numpy() ...})`)
-  .safetensors        diffusers' other format (needs the `safetensors` package)
+  .pth / .pt / .bin   a PyTorch state dict (`torch.load(path, weights_only=True)`; torch optional)
+  .safetensors        diffusers' other format
+  .npz                the same arrays saved with numpy
 
 Key mapping (ours -> diffusers): conv_in, temb_dense{0,1} -> time_embedding.linear_{1,2},
 down_{i}_res_{j} -> down_blocks.{i}.resnets.{j} (temb_proj -> time_emb_proj, shortcut ->
@@ -28,7 +28,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from shared.errors import CheckpointError, DataError
+from shared import workdir
+from shared.errors import CheckpointError
 from shared.models import unet
 
 _RES = {"temb_proj": "time_emb_proj", "shortcut": "conv_shortcut"}
@@ -140,37 +141,9 @@ def state_dict_from_params(params, model_config) -> dict[str, np.ndarray]:
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A state dict file as numpy arrays (see module doc for formats)."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise DataError(f"pre-trained U-Net weights not found: {path}")
-  ext = os.path.splitext(path)[1].lower()
-  if ext == ".npz":
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-    except (ValueError, OSError) as e:
-      raise DataError(f"cannot read {path} as .npz: {e}") from None
-  if ext == ".safetensors":
-    try:
-      from safetensors.numpy import load_file
-    except ImportError:
-      raise DataError(f"reading {path} needs the `safetensors` package") from None
-    return dict(load_file(path))
-  if ext in (".pth", ".pt", ".bin", ".ckpt"):
-    try:
-      import torch
-    except ImportError:
-      raise DataError(
-        f"reading {path} needs PyTorch (pip install torch, or the project's [torch] extra); "
-        "or convert it once elsewhere: np.savez('unet.npz', **{k: v.numpy() for k, v in "
-        "torch.load(path).items()})"
-      ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state:
-      state = state["state_dict"]
-    return {k: v.detach().float().numpy() for k, v in state.items()}
-  raise DataError(f"{path}: unknown weights format {ext!r}; use .pth, .bin, .npz or .safetensors")
+  """A state dict file as numpy arrays (`shared.workdir.read_state_dict`: PyTorch files are read
+  with weights_only=True, so no pickled code runs)."""
+  return workdir.read_state_dict(os.fspath(path), what="pre-trained U-Net weights")
 
 
 def load_unet_state_dict(path: str, model_config):

@@ -1,4 +1,4 @@
-"""shared.features: FID Inception weight loading (random weights) and the classifier extractor."""
+"""shared.fd, shared.models.inception: FID Inception weight loading, the classifier extractor."""
 
 import importlib.util
 
@@ -10,8 +10,9 @@ from flax import traverse_util
 from skimage.transform import resize
 from sklearn.datasets import load_digits
 
-from shared import features
+from shared import fd
 from shared.errors import ConfigError, DataError
+from shared.models import inception
 
 # ---- FID Inception ----
 
@@ -20,7 +21,7 @@ def _random_inception_variables(seed=0):
   """He-normal conv kernels and identity batch norms, filled in numpy (no init pass to compile)."""
   rng = np.random.default_rng(seed)
   flat = {}
-  for path, spec in traverse_util.flatten_dict(features.inception_variable_shapes()).items():
+  for path, spec in traverse_util.flatten_dict(inception.inception_variable_shapes()).items():
     if path[-1] == "kernel":
       fan_in = np.prod(spec.shape[:-1])
       value = rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
@@ -34,7 +35,7 @@ def _random_inception_variables(seed=0):
 
 @pytest.fixture(scope="module")
 def inception_state():
-  return features.inception_state_dict_from_variables(_random_inception_variables())
+  return inception.inception_state_dict_from_variables(_random_inception_variables())
 
 
 def test_inception_state_dict_has_pytorch_fid_layout(inception_state):
@@ -61,11 +62,11 @@ def test_inception_state_dict_has_pytorch_fid_layout(inception_state):
 def test_inception_npz_round_trip_and_features(tmp_path, inception_state):
   path = tmp_path / "pt_inception.npz"
   np.savez(path, **inception_state, **{"fc.weight": np.zeros((1008, 2048), np.float32)})
-  extractor = features.load_inception(path, batch_size=2)
-  assert extractor.name == features.INCEPTION_NAME
-  expected = features.inception_variables_from_state_dict(inception_state)
+  extractor = fd.load_inception(path, batch_size=2)
+  assert extractor.name == fd.INCEPTION_NAME
+  expected = inception.inception_variables_from_state_dict(inception_state)
   chex.assert_trees_all_equal(extractor.variables, expected)
-  round_trip = features.inception_state_dict_from_variables(extractor.variables)
+  round_trip = inception.inception_state_dict_from_variables(extractor.variables)
   assert all(np.array_equal(round_trip[k], v) for k, v in inception_state.items())
 
   rng = np.random.default_rng(0)
@@ -75,7 +76,7 @@ def test_inception_npz_round_trip_and_features(tmp_path, inception_state):
   assert np.all(np.isfinite(feats)) and np.all(feats >= 0)  # mean of ReLU outputs
   assert feats.std() > 0
   np.testing.assert_allclose(
-    features._as_float_images(images), images.astype(np.float32) / 255.0, rtol=1e-6
+    fd._as_float_images(images), images.astype(np.float32) / 255.0, rtol=1e-6
   )
   grey = extractor(rng.random((2, 20, 30, 1), dtype=np.float32))  # any size, 1 channel
   assert grey.shape == (2, 2048)
@@ -83,34 +84,34 @@ def test_inception_npz_round_trip_and_features(tmp_path, inception_state):
 
 def test_inception_accepts_wrapper_and_prefixed_keys(inception_state):
   renamed = {}
-  inverse = {name: prefix for prefix, name in features._WRAPPER_BLOCKS.items()}
+  inverse = {name: prefix for prefix, name in inception._WRAPPER_BLOCKS.items()}
   for key, value in inception_state.items():
     layer, rest = key.split(".", 1)
     renamed[f"module.{inverse[layer]}.{rest}"] = value
   renamed["blocks.0.0.bn.num_batches_tracked"] = np.array(0)
   chex.assert_trees_all_equal(
-    features.inception_variables_from_state_dict(renamed),
-    features.inception_variables_from_state_dict(inception_state),
+    inception.inception_variables_from_state_dict(renamed),
+    inception.inception_variables_from_state_dict(inception_state),
   )
 
 
 def test_inception_bad_weights_are_data_errors(tmp_path, inception_state):
   missing = tmp_path / "nope.npz"
   with pytest.raises(DataError, match="nope.npz"):
-    features.load_inception(missing)
+    fd.load_inception(missing)
   partial = dict(inception_state)
   del partial["Mixed_6c.branch1x1.conv.weight"]
   with pytest.raises(DataError, match="missing"):
-    features.inception_variables_from_state_dict(partial)
+    inception.inception_variables_from_state_dict(partial)
   wrong = dict(inception_state)
   wrong["Conv2d_1a_3x3.conv.weight"] = np.zeros((32, 3, 5, 5), np.float32)
   with pytest.raises(DataError, match="Conv2d_1a_3x3"):
-    features.inception_variables_from_state_dict(wrong)
+    inception.inception_variables_from_state_dict(wrong)
   if importlib.util.find_spec("torch") is None:
     pth = tmp_path / "weights.pth"
     pth.write_bytes(b"not really")
     with pytest.raises(DataError, match="torch"):
-      features.load_inception(pth)
+      fd.load_inception(pth)
 
 
 def test_inception_resize_matches_pytorch_bilinear_convention():
@@ -118,14 +119,14 @@ def test_inception_resize_matches_pytorch_bilinear_convention():
   rng = np.random.default_rng(0)
   for shape in [(32, 20, 3), (310, 350, 3)]:
     x = rng.random(shape).astype(np.float32)
-    ours = np.asarray(features.resize_for_inception(jnp.asarray(x[None])))[0]
+    ours = np.asarray(inception.resize_for_inception(jnp.asarray(x[None])))[0]
     ref = resize(x.astype(np.float64), (299, 299, 3), order=1, mode="edge", anti_aliasing=False)
     np.testing.assert_allclose(ours, ref, atol=1e-4)
 
 
 def test_fid_pools_ignore_padding():
   x = jnp.arange(16.0).reshape(1, 4, 4, 1)
-  avg = features._avg_pool_3x3_same(x)
+  avg = inception._avg_pool_3x3_same(x)
   # Corner: mean of the 2x2 valid neighbourhood, not of 9 values with 5 zeros.
   np.testing.assert_allclose(avg[0, 0, 0, 0], np.mean([0, 1, 4, 5]))
   np.testing.assert_allclose(avg[0, 1, 1, 0], np.mean([0, 1, 2, 4, 5, 6, 8, 9, 10]))
@@ -143,7 +144,7 @@ def digits():
 @pytest.fixture(scope="module")
 def digits_extractor(digits):
   images, labels = digits
-  return features.train_classifier_features(images, labels, num_classes=10, steps=200, seed=0)
+  return fd.train_classifier_features(images, labels, num_classes=10, steps=200, seed=0)
 
 
 def test_classifier_extractor_learns_and_names_itself(digits, digits_extractor):
@@ -163,21 +164,19 @@ def test_classifier_extractor_save_load(tmp_path, digits, digits_extractor):
   images, _ = digits
   path = tmp_path / "extractor.npz"
   digits_extractor.save(path)
-  loaded = features.FeatureExtractor.load(path)
+  loaded = fd.FeatureExtractor.load(path)
   assert loaded.name == digits_extractor.name and loaded.info == digits_extractor.info
   np.testing.assert_array_equal(loaded(images[:64]), digits_extractor(images[:64]))
   with pytest.raises(DataError, match="missing.npz"):
-    features.FeatureExtractor.load(tmp_path / "missing.npz")
+    fd.FeatureExtractor.load(tmp_path / "missing.npz")
 
 
 def test_classifier_fd_separates_distributions(digits, digits_extractor):
   images, labels = digits
-  same = features.frechet_distance_images(digits_extractor, images[0::2], images[1::2])
-  different = features.frechet_distance_images(
-    digits_extractor, images[labels < 5], images[labels >= 5]
-  )
+  same = fd.frechet_distance_images(digits_extractor, images[0::2], images[1::2])
+  different = fd.frechet_distance_images(digits_extractor, images[labels < 5], images[labels >= 5])
   assert different > 5 * same
-  stats = features.feature_stats(digits_extractor, images, chunk=500)
+  stats = fd.feature_stats(digits_extractor, images, chunk=500)
   full = digits_extractor(images)
   np.testing.assert_allclose(stats.mean, full.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stats.cov, np.cov(full, rowvar=False), rtol=1e-4, atol=1e-6)
@@ -186,13 +185,13 @@ def test_classifier_fd_separates_distributions(digits, digits_extractor):
 def test_classifier_training_rejects_bad_labels():
   images = np.zeros((4, 8, 8, 1), np.float32)
   with pytest.raises(DataError, match="labels"):
-    features.train_classifier_features(images, np.array([0, 1, 2, 10]), num_classes=10, steps=1)
+    fd.train_classifier_features(images, np.array([0, 1, 2, 10]), num_classes=10, steps=1)
   with pytest.raises(DataError):
-    features.train_classifier_features(images, np.array([0, 1]), num_classes=10, steps=1)
+    fd.train_classifier_features(images, np.array([0, 1]), num_classes=10, steps=1)
   with pytest.raises(DataError):
-    features.train_classifier_features(np.zeros((4, 8)), np.array([0, 1, 2, 3]), 10, steps=1)
+    fd.train_classifier_features(np.zeros((4, 8)), np.array([0, 1, 2, 3]), 10, steps=1)
 
 
 def test_unknown_architecture_is_config_error():
   with pytest.raises(ConfigError):
-    features.FeatureExtractor("x", "resnet9000", {}, {})
+    fd.FeatureExtractor("x", "resnet9000", {}, {})

@@ -10,7 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradflow_prune import criteria, diffusion, evaluate, prune, surgery, torch_import, train
+from gradflow_prune import (
+  criteria,
+  diffusion,
+  evaluate,
+  plan,
+  prune,
+  surgery,
+  toolkit,
+  torch_import,
+  unet_io,
+)
 from shared import train_lib
 from shared.errors import CheckpointError, DataError
 from shared.models import unet
@@ -289,13 +299,13 @@ def test_reading_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_saved_unet_reloads_and_rejects_a_mismatch(tmp_path, setup):
   s = setup
-  train.save_unet(str(tmp_path / "t"), s["cfg"], s["params"], {"summary": "x"})
-  cfg, params, meta = train.load_unet(str(tmp_path / "t"))
+  unet_io.save_unet(str(tmp_path / "t"), s["cfg"], s["params"], {"summary": "x"})
+  cfg, params, meta = unet_io.load_unet(str(tmp_path / "t"))
   assert cfg == json.loads(json.dumps(s["cfg"])) and meta["summary"] == "x"
   jax.tree.map(np.testing.assert_array_equal, params, s["params"])
   (tmp_path / "t" / "unet_config.json").write_text(json.dumps({**s["cfg"], "ch": 16}))
   with pytest.raises(CheckpointError, match="does not match"):
-    train.load_unet(str(tmp_path / "t"))
+    unet_io.load_unet(str(tmp_path / "t"))
 
 
 @pytest.mark.slow
@@ -305,7 +315,7 @@ def test_make_state_copies_the_teachers_params(setup):
   from configs import gradflow_prune as config_file
 
   config = config_file.get_config("tiny")
-  kit = train.Toolkit(setup["cfg"], setup["sched"], config, train_lib.make_mesh(1))
+  kit = toolkit.Toolkit(setup["cfg"], setup["sched"], config, train_lib.make_mesh(1))
   teacher = jax.device_put(setup["params"])
   state, _ = kit.make_state(teacher, config.prune.optimizer, 10, jax.random.PRNGKey(0))
   for ours, theirs in zip(jax.tree.leaves(state.params), jax.tree.leaves(teacher), strict=True):
@@ -377,15 +387,15 @@ def test_configs_are_consistent(variant):
   from configs import gradflow_prune as cfg_file
 
   config = cfg_file.get_config(variant)
-  runs = train._runs(config)
+  runs = plan.runs(config)
   assert {c for c, _ in runs} >= set(config.prune.criteria) and runs
   for _, procedure in runs:
     if procedure != "oneshot":
-      fc = train._flow_config(config, procedure)  # raises when the budget is exceeded
+      fc = plan.flow_config(config, procedure)  # raises when the budget is exceeded
       assert fc.iterations * fc.n_train <= config.prune.total_steps
   assert config.eval.num_samples % config.eval.batch_size == 0
   shape = {"tiny": (8, 8, 1), "paper": (32, 32, 3)}.get(variant, (32, 32, 1))
-  model_config = train._model_config(config, shape)
+  model_config = toolkit.unet_config(config, shape)
   if variant == "paper":  # its MACs are checked in test_surgery (Diff-Pruning's 6.1G -> 3.4G)
     assert unet.num_params(unet.abstract_params(unet.from_config_dict(model_config))) == 35_746_307
     return
@@ -397,3 +407,48 @@ def test_configs_are_consistent(variant):
     ratio = evaluate.unet_macs(small) / macs
     if keep == 0.7:
       assert 0.45 < ratio < 0.6, ratio  # "~50% MACs" (Diff-Pruning's ratio 0.3: 3.4G / 6.1G)
+
+
+def test_toolkit_is_built_once_per_unet_config_and_settings(setup):
+  from configs import gradflow_prune as config_file
+
+  config = config_file.get_config("tiny")
+  mesh = train_lib.make_mesh(1)
+  kit = toolkit.toolkit(setup["cfg"], config, mesh)
+  assert toolkit.toolkit(dict(setup["cfg"]), config, mesh) is kit
+  other = config_file.get_config("tiny")
+  other.eval.ddim_steps += 1
+  assert toolkit.toolkit(setup["cfg"], other, mesh) is not kit
+  opt = config.prune.optimizer
+  assert kit.trainer(opt, 30, True) is kit.trainer(opt, 30, True)
+
+
+def test_unet_meta_update_keeps_the_other_fields(tmp_path, setup):
+  d = str(tmp_path / "t")
+  unet_io.save_unet(d, setup["cfg"], setup["params"], {"summary": "x", "seed": 0})
+  unet_io.update_meta(d, summary="y", eval={"fd": 1.5})
+  assert unet_io.load_unet(d)[2] == {"summary": "y", "seed": 0, "eval": {"fd": 1.5}}
+
+
+def test_gradflow_prune_imports_only_shared():
+  """Only __main__ may import shared.app; no module imports benchmarks or another method."""
+  import ast
+
+  others = {"benchmarks", "infotok", "unlearnable", "mcae"}
+  package = os.path.join(ROOT, "gradflow_prune")
+  for name in sorted(os.listdir(package)):
+    if not name.endswith(".py"):
+      continue
+    with open(os.path.join(package, name)) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      elif isinstance(node, ast.Import):
+        mods = [a.name for a in node.names]
+      else:
+        continue
+      for mod in mods:
+        assert mod.split(".")[0] not in others, (name, mod)
+        if name != "__main__.py":
+          assert mod != "shared.app", name

@@ -1,0 +1,120 @@
+"""The evaluation set-up of a run, in workdir/eval/: FD features, reference statistics, the fixed
+initial noise, and the teacher's samples from it (the SSIM reference).
+
+`Evaluator.evaluate(kit, params, name)` gives one row (FD, SSIM to the teacher, params, MACs,
+latency) and a sample grid; the metrics themselves are `evaluate`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from gradflow_prune import evaluate
+from gradflow_prune.toolkit import Toolkit
+from shared import fd, stages
+from shared.errors import ConfigError
+from shared.metrics import FeatureStats
+from shared.models import unet
+from shared.workdir import read_json, write_json
+
+
+def _extractor(config, eval_dir: str, train: dict) -> fd.FeatureExtractor:
+  """Inception when its weights are given, else the data's classifier (trained once, cached)."""
+  ec = config.eval
+  if ec.inception_weights:
+    return fd.load_inception(ec.inception_weights)
+  path = os.path.join(eval_dir, "features.npz")
+  if os.path.isfile(path):
+    return fd.FeatureExtractor.load(path)
+  logging.info("eval: training the FD feature classifier (%d steps)", ec.feature_steps)
+  extractor = fd.train_classifier_features(
+    train["image"],
+    train["label"],
+    num_classes=int(train["label"].max()) + 1,
+    steps=ec.feature_steps,
+    seed=config.seed,
+  )
+  extractor.save(path)
+  return extractor
+
+
+class Evaluator:
+  """FD features, reference statistics, the fixed noise and the teacher's samples (cached)."""
+
+  def __init__(self, config, workdir: str, train: dict, test: dict):
+    self.config = config
+    self.dir = os.path.join(workdir, "eval")
+    os.makedirs(self.dir, exist_ok=True)
+    ec = config.eval
+    if ec.num_samples % ec.batch_size:
+      raise ConfigError(
+        f"eval.num_samples ({ec.num_samples}) must be a multiple of eval.batch_size "
+        f"({ec.batch_size})"
+      )
+    self.extractor = _extractor(config, self.dir, train)
+    stats_path = os.path.join(self.dir, f"ref_stats_{self.extractor.name}.npz")
+    if os.path.isfile(stats_path):
+      self.ref = FeatureStats.load(stats_path)
+    else:
+      self.ref = fd.feature_stats(self.extractor, train["image"])
+      self.ref.save(stats_path)
+    n = min(ec.num_samples, len(test["image"]))
+    # FD of as many real held-out images as we sample: what sampling error alone costs. A random
+    # subset: built-in splits come in file order, which for mnist5k is sorted by label.
+    held_out = np.random.default_rng(ec.seed).choice(len(test["image"]), n, replace=False)
+    self.data_fd = self.fd(test["image"][np.sort(held_out)])
+    self.shape = train["image"].shape[1:]
+    self.noise = jax.random.normal(jax.random.PRNGKey(ec.seed), (ec.num_samples, *self.shape))
+    self.teacher_samples = None
+
+  def fd(self, samples01) -> float:
+    return fd.feature_stats(self.extractor, samples01).frechet_distance(self.ref)
+
+  def samples(self, kit: Toolkit, params) -> np.ndarray:
+    """DDIM samples from the fixed noise, in [0, 1] (num_samples is a multiple of the batch)."""
+    sample = lambda x_T: kit.sample(params, None, x_T)
+    return stages.batched_apply(sample, self.noise, self.config.eval.batch_size)
+
+  def latency(self, kit: Toolkit, params) -> float:
+    ec = self.config.eval
+    x_T = self.noise[: ec.latency_batch]
+    return evaluate.measure_latency(kit.sample, params, None, x_T, repeats=ec.latency_repeats)
+
+  def evaluate(self, kit: Toolkit, params, name: str) -> dict:
+    """FD, SSIM to the teacher's samples (same noise), params, MACs, latency; a sample grid."""
+    params = jax.device_put(jax.device_get(params))
+    start = time.time()
+    samples = self.samples(kit, params)
+    if self.teacher_samples is None:
+      self.teacher_samples = samples
+    row = {
+      "fd": self.fd(samples),
+      "ssim": evaluate.ssim_to_teacher(samples, self.teacher_samples),
+      "params": unet.num_params(params),
+      "macs": evaluate.unet_macs(kit.config_dict),
+      "latency_s": self.latency(kit, params),
+      "sample_s": round(time.time() - start, 2),
+    }
+    grid = samples[: self.config.eval.grid]
+    evaluate.save_grid(grid, os.path.join(self.dir, f"samples_{name}.png"), title=name)
+    return row
+
+  def evaluate_teacher(self, kit: Toolkit, params, source: str) -> dict:
+    """The teacher's row and samples (the SSIM reference), cached in eval/ per teacher source."""
+    row_path = os.path.join(self.dir, "teacher_eval.json")
+    samples_path = os.path.join(self.dir, "teacher_samples.npz")
+    cached = read_json(row_path)
+    if cached and cached.get("source") == source and os.path.isfile(samples_path):
+      with np.load(samples_path) as f:
+        self.teacher_samples = f["samples"]
+      return cached["row"]
+    row = self.evaluate(kit, params, "teacher")
+    if jax.process_index() == 0:
+      np.savez(samples_path, samples=self.teacher_samples)
+    write_json(row_path, {"source": source, "row": row})
+    return row

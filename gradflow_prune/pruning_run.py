@@ -1,0 +1,223 @@
+"""One pruning run: masks -> surgery -> fine-tuning -> evaluation, in its own resumable folder.
+
+workdir/runs/keep<r>/<procedure>/<criterion>/seed<k>/ holds masks.npz (one-shot: scored once;
+iterative: after the soft-mask flow interleaved with training, checkpointed per iteration in
+iterative/, with iterative_params.npz), pruned_config.json, finetune/ (orbax checkpoints) and
+result.json, the run's row (a finished run is read back, not redone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradflow_prune import criteria, diffusion, inputs, plan, prune, surgery
+from gradflow_prune.toolkit import Toolkit, toolkit
+from shared import data as data_lib
+from shared import stages, train_lib
+from shared.workdir import cached_result, load_params, read_state_dict, save_params, write_json
+
+
+def score_batches(config, train01, seed: int, k: int, sched):
+  """(x0, t_B, noise) batches drawn from (seed, k): the fixed batches of scoring and flow."""
+  rng = np.random.default_rng([seed, k])
+  pc = config.prune
+  out = []
+  for _ in range(max(pc.grasp_batches, 1)):
+    idx = rng.choice(len(train01), pc.score_batch_size, replace=False)
+    x0 = diffusion.to_model_range(data_lib.to_float(jnp.asarray(train01[idx])))
+    t_B = jnp.asarray(rng.integers(0, sched.num_timesteps, pc.score_batch_size), jnp.int32)
+    noise = jnp.asarray(rng.standard_normal(x0.shape), jnp.float32)
+    out.append((x0, t_B, noise))
+  return out
+
+
+def importance_fn(config, kit: Toolkit, groups, train01, seed):
+  """(criterion, params, masks, k) -> (importance, info) on the k-th fixed scoring batches."""
+  pc, sched = config.prune, kit.sched
+  timesteps = range(0, sched.num_timesteps, pc.taylor_stride)
+
+  def score(criterion, params, masks, k):
+    batches = score_batches(config, train01, seed, k, sched)
+    return criteria.importance(
+      criterion,
+      groups,
+      params,
+      scorer=kit.scorer,
+      masks=prune.soft_masks_as_jnp(masks),
+      taylor_batch=(batches[0][0], batches[0][2]),
+      taylor_timesteps=timesteps,
+      taylor_thr=pc.taylor_thr,
+      grasp_batches=batches,
+      seed=seed,
+    )
+
+  return score
+
+
+def _save_masks(path, masks):
+  np.savez(path, **{k: np.asarray(v) for k, v in masks.items()})
+
+
+def _load_masks(path):
+  return read_state_dict(path, what="masks")
+
+
+def _oneshot_masks(rdir, criterion, keep_ratio, t_params, groups, score):
+  path = os.path.join(rdir, "masks.npz")
+  if os.path.isfile(path):
+    return _load_masks(path), {}
+  importance, info = score(criterion, t_params, groups.ones(), 0)
+  masks = surgery.masks_from_scores(groups, importance, keep_ratio)
+  _save_masks(path, masks)
+  return masks, info
+
+
+def _iterative_masks(config, workdir, rdir, label, run, kit: Toolkit, t_params, groups, score,
+                     train01, mesh):  # fmt: skip
+  """(hard masks, dense params after the interleaved training, info) of the soft-mask flow."""
+  pc = config.prune
+  seed, fc = run["seed"], plan.flow_config(config, run["procedure"])
+  masks_path = os.path.join(rdir, "masks.npz")
+  params_path = os.path.join(rdir, "iterative_params.npz")
+  if os.path.isfile(masks_path) and os.path.isfile(params_path):
+    return _load_masks(masks_path), load_params(params_path), {}
+  state, step = kit.make_state(
+    t_params, pc.optimizer, fc.iterations * fc.n_train, jax.random.PRNGKey(seed),
+    masks=groups.ones(),
+  )  # fmt: skip
+  stage = f"{label}/flow"
+  with (
+    train_lib.Checkpointer(os.path.join(rdir, "iterative"), keep=1, every=1) as ckpt,
+    train_lib.MetricWriter(workdir, stage=stage) as writer,
+  ):
+    state, done = ckpt.restore_or(state)
+    done = done or 0
+    if done:
+      logging.info("%s: resumed after flow iteration %d of %d", label, done, fc.iterations)
+    batches = inputs.train_batches(config, train01, pc.batch_size, seed, workdir)
+    masks_sharding = train_lib.replicated(mesh)
+
+    def train(state, masks, k):
+      # Placed like the rest of the state, so the jitted step sees the same input types.
+      masks = jax.device_put(prune.soft_masks_as_jnp(masks), masks_sharding)
+      state = state.replace(model_state={"masks": masks})
+      return train_lib.train_loop(
+        state=state,
+        step_fn=step,
+        batches=batches,
+        num_steps=k * fc.n_train,
+        data_sharding=kit.data_sharding,
+        writer=writer,
+        log_every=min(config.run.log_every, fc.n_train),
+        progress=False,
+        stage=stage,
+      )
+
+    def on_iteration(k, state, masks, row):
+      ckpt.save(k, state)
+      writer.write(int(state.step), {f"flow_{a}": b for a, b in row.items()})
+      logging.info(
+        "%s: iteration %d/%d sparsity %.3f energy %.4g -> %.4g, mean kept mask %.3f",
+        label, k, fc.iterations, row["sparsity"], row["energy_start"], row["energy_end"],
+        row["mean_mask_kept"],
+      )  # fmt: skip
+
+    masks, state, history = prune.iterative(
+      groups=groups,
+      criterion=run["criterion"],
+      state=state,
+      params_of=lambda s: jax.device_get(s.params),
+      score=score,
+      removal=prune.removal_from_importance,
+      grad_fn=kit.scorer.mask_grads,
+      flow_batch=lambda k: score_batches(config, train01, seed, 1000 + k, kit.sched)[0],
+      train=train,
+      keep_ratio=run["keep_ratio"],
+      cfg=fc,
+      start=done,
+      masks={k: np.asarray(v) for k, v in jax.device_get(state.model_state["masks"]).items()},
+      on_iteration=on_iteration,
+    )
+  big_params = jax.device_get(state.params)
+  save_params(params_path, big_params)
+  _save_masks(masks_path, masks)
+  return masks, big_params, {"flow": history}
+
+
+def _finetune(config, workdir, rdir, label, seed, kit: Toolkit, params, num_steps, train01):
+  """`num_steps` denoising steps of the pruned U-Net; the params to evaluate (EMA when kept)."""
+  pc = config.prune
+  state, step = kit.make_state(params, pc.optimizer, num_steps, jax.random.PRNGKey(10_000 + seed))
+  state = stages.run_stage(
+    state=state,
+    step_fn=step,
+    batches=inputs.train_batches(config, train01, pc.batch_size, seed + 1, workdir),
+    num_steps=num_steps,
+    data_sharding=kit.data_sharding,
+    checkpoint_dir=os.path.join(rdir, "finetune"),
+    log_dir=workdir,
+    stage=f"{label}/finetune",
+    checkpoint_every=config.run.checkpoint_every,
+    keep=1,
+    log_every=config.run.log_every,
+    progress=config.run.progress,
+  )
+  return state.ema_params if state.ema_params is not None else state.params
+
+
+def run_one(config, workdir, *, criterion, procedure, seed, keep_ratio, teacher, data, mesh,
+            evaluator, index, total):  # fmt: skip
+  """One (criterion, procedure, seed, keep ratio) run; returns its result row (result.json)."""
+  run = dict(criterion=criterion, procedure=procedure, seed=seed, keep_ratio=keep_ratio)
+  label = f"keep{keep_ratio:g}/{procedure}/{criterion}/seed{seed}"
+  rdir = os.path.join(workdir, "runs", *label.split("/"))
+
+  def compute():
+    os.makedirs(rdir, exist_ok=True)
+    logging.info("run %d/%d: %s", index, total, label)
+    start = time.time()
+    t_cfg, t_params, _ = teacher
+    big = toolkit(t_cfg, config, mesh)
+    groups = surgery.channel_groups(t_cfg)
+    score = importance_fn(config, big, groups, data["train"], seed)
+    if procedure == "oneshot":
+      interleaved, big_params = 0, t_params
+      masks, info = _oneshot_masks(rdir, criterion, keep_ratio, t_params, groups, score)
+    else:
+      fc = plan.flow_config(config, procedure)
+      interleaved = fc.iterations * fc.n_train
+      masks, big_params, info = _iterative_masks(
+        config, workdir, rdir, label, run, big, t_params, groups, score, data["train"], mesh
+      )
+    small_cfg, small_params = surgery.apply_masks(t_cfg, big_params, masks)
+    write_json(os.path.join(rdir, "pruned_config.json"), small_cfg)
+    finetune_steps = config.prune.total_steps - interleaved
+    small = toolkit(small_cfg, config, mesh)
+    if finetune_steps > 0:
+      small_params = _finetune(
+        config, workdir, rdir, label, seed, small, small_params, finetune_steps, data["train"]
+      )
+    name = f"keep{keep_ratio:g}_{procedure}_{criterion}_seed{seed}"
+    row = {
+      "label": label,
+      **run,
+      **evaluator.evaluate(small, small_params, name),
+      "interleaved_steps": interleaved,
+      "finetune_steps": finetune_steps,
+      "wall_s": round(time.time() - start, 1),
+      "info": info,
+    }
+    logging.info(
+      "run %d/%d %s: FD %.3f  SSIM %.3f  params %d  MACs %.3gM  latency %.3fs  (%.0fs)",
+      index, total, label, row["fd"], row["ssim"], row["params"], row["macs"] / 1e6,
+      row["latency_s"], row["wall_s"],
+    )  # fmt: skip
+    return row
+
+  return cached_result(os.path.join(rdir, "result.json"), compute)
