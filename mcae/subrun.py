@@ -66,6 +66,7 @@ def _train(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folde
     keep=1,
     log_every=run.log_every,
     progress=run.progress,
+    tensorboard=run.tensorboard,
     **hooks,
   )
 

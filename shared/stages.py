@@ -75,12 +75,14 @@ def run_stage(
   progress: bool = False,
   hooks: tuple = (),
   hook_every: int = 0,
+  tensorboard: bool = True,
 ) -> train_lib.TrainState:
   """One resumable training stage: checkpoints in `checkpoint_dir`, metrics rows tagged `stage`
-  in `log_dir`/metrics.jsonl, both closed on every exit (see `train_lib.train_loop`)."""
+  in `log_dir`/metrics.jsonl (and TensorBoard when `tensorboard` and TensorFlow is there), both
+  closed on every exit (see `train_lib.train_loop`)."""
   with (
     train_lib.Checkpointer(checkpoint_dir, keep=keep, every=checkpoint_every) as ckpt,
-    train_lib.MetricWriter(log_dir, stage=stage) as writer,
+    train_lib.MetricWriter(log_dir, stage=stage, tensorboard=tensorboard) as writer,
   ):
     return train_lib.train_loop(
       state=state,

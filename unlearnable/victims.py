@@ -233,6 +233,7 @@ def train_victim(
       checkpoint_dir=os.path.join(workdir, "checkpoints"),
       log_dir=workdir,
       checkpoint_every=run_cfg.checkpoint_every,
+      tensorboard=False,
     )
   elif workdir:  # A cell of seconds: its metrics, no checkpoints (a re-run recomputes the cell).
     with train_lib.MetricWriter(workdir, tensorboard=False, stage=stage) as writer:
