@@ -9,8 +9,12 @@ Each package's `__main__.py` is two lines:
 
 What this does, in order: parse flags (ml_collections config file, locked, `--config.x=y`
 overrides), check `config.method`, start `jax.distributed` when launched as several processes,
-log devices and config, write `config.json` (refusing a workdir that holds a different run),
-call `train_and_evaluate(config, workdir)`, write `results.json`.
+check the config's values against the devices (`shared.validate`), and only then write: create
+the workdir, take its lock (`shared.run_lock`: one process per workdir), refuse a workdir that
+holds a different run (`config.json`, and the run manifests of `shared.manifest`, which also
+hold when config.json is gone), write `config.json`, call `train_and_evaluate(config, workdir)`
+with the config's hash active (every checkpoint folder and sub-run result is tied to it), write
+`results.json`. `--dry_run` stops after the checks, having written nothing.
 
 Any `shared.errors.UserError` (and any flag or config parsing problem) ends the process with one
 line `error: ...` on stderr and exit code 2, without a traceback. A SIGTERM ends it with exit code
@@ -31,18 +35,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from shared import cli, manifest, validate
 from shared import workdir as workdir_lib
 from shared.errors import ConfigError, UserError
+from shared.run_lock import WorkdirLock
 
 TrainFn = Callable[[Any, str], Mapping[str, Any]]
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = cli.EXIT_USER_ERROR
 EXIT_PREEMPTED = 143
-
-
-def _fail(message: str) -> None:
-  first = " ".join(str(message).split())  # one line, whatever the exception text
-  print(f"error: {first}", file=sys.stderr, flush=True)
-  sys.exit(EXIT_USER_ERROR)
+_fail = cli.fail  # one line, whatever the exception text; exit code 2
 
 
 def _define_flags():
@@ -57,12 +58,16 @@ def _define_flags():
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
     flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+    flags.DEFINE_bool(
+      "dry_run", False, "Check the flags and the config's values, then exit; writes nothing."
+    )
   return flags.FLAGS
 
 
 USAGE = (
   "python -m {method} --config configs/{method}.py[:variant[,key=value...]] --workdir DIR "
-  "[--config.field=value ...] [--coordinator_address host:port --num_processes N --process_id i]"
+  "[--config.field=value ...] [--coordinator_address host:port --num_processes N --process_id i] "
+  "[--dry_run]"
 )
 
 
@@ -90,7 +95,7 @@ def _parse(argv: Sequence[str], method: str = "<pkg>"):
     _fail(str(e))
   if config is None:
     _fail("--config is required, e.g. --config configs/<method>.py:tiny")
-  if not flags.workdir:
+  if not flags.workdir and not flags.dry_run:
     _fail("--workdir is required")
   return flags, config
 
@@ -162,8 +167,11 @@ def _check_workdir_config(workdir: str, config_dict: dict) -> None:
   try:
     with open(path) as f:
       previous = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ConfigError(f"{path} is unreadable ({e}); use a fresh --workdir") from None
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ConfigError(
+      f"{path} is unreadable ({e}); delete it and re-run the same command (the run manifests "
+      "still tie the checkpoints to their config)"
+    ) from None
   if previous != config_dict:
     diff = sorted(_diff_keys(previous, config_dict))
     raise ConfigError(
@@ -186,10 +194,8 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
   workdir_lib.write_json(path, payload, every_process=True)
 
 
-def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[str, Any]:
-  """Runs one method in-process (what `main` does after parsing); returns results.json's content."""
-  import jax
-
+def check(method: str, config) -> dict:
+  """The checks that come before any write: method, values, devices; returns the config dict."""
   if "method" not in config:
     raise ConfigError("config has no 'method' field")
   if config.method != method:
@@ -197,35 +203,49 @@ def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[
       f"config.method={config.method!r} but this is `python -m {method}`; "
       f"use configs/{method}.py or run `python -m {config.method}`"
     )
-  config_dict = json.loads(config.to_json_best_effort())
+  validate.check_config(config)
+  return json.loads(config.to_json_best_effort())
+
+
+def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[str, Any]:
+  """Runs one method in-process (what `main` does after parsing); returns results.json's content."""
+  import jax
+
+  config_dict = check(method, config)
   logging.info(
     "process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
   logging.info("config:\n%s", config)
   _check_workdir_writable(workdir)
-  _check_workdir_config(workdir, config_dict)
-  if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "config.json"), config_dict)
-
-  start = time.time()
-  metrics = dict(train_and_evaluate(config, workdir) or {})
-  results = {
-    "method": method,
-    "variant": config_dict.get("variant"),
-    "seed": config_dict.get("seed"),
-    "metrics": metrics,
-    "config": config_dict,
-    "versions": versions(),
-    "devices": {
-      "platform": jax.default_backend(),
-      "kind": jax.devices()[0].device_kind,
-      "count": jax.device_count(),
-      "processes": jax.process_count(),
-    },
-    "wall_time_s": round(time.time() - start, 2),
-  }
-  if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "results.json"), results)
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    config_hash = manifest.fingerprint(config_dict)
+    _check_workdir_config(workdir, config_dict)
+    manifest.check_workdir(workdir, config_hash)
+    if jax.process_index() == 0:
+      write_json(os.path.join(workdir, "config.json"), config_dict)
+    with manifest.active(config_hash):
+      manifest.check_folder(workdir)
+      start = time.time()
+      metrics = dict(train_and_evaluate(config, workdir) or {})
+    results = {
+      "method": method,
+      "variant": config_dict.get("variant"),
+      "seed": config_dict.get("seed"),
+      "metrics": metrics,
+      "config": config_dict,
+      "config_hash": config_hash,
+      "versions": versions(),
+      "devices": {
+        "platform": jax.default_backend(),
+        "kind": jax.devices()[0].device_kind,
+        "count": jax.device_count(),
+        "processes": jax.process_count(),
+      },
+      "wall_time_s": round(time.time() - start, 2),
+    }
+    if jax.process_index() == 0:
+      write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 
@@ -242,9 +262,16 @@ def main(method: str, train_and_evaluate: TrainFn, argv: Sequence[str] | None = 
   flags, config = _parse(argv, method)
   try:
     _maybe_initialize_distributed(flags)
+    if flags.dry_run:
+      check(method, config)
+      print(f"{method}: config OK ({config.get('variant', 'default')}); nothing written")
+      return
     results = run(method, train_and_evaluate, config, flags.workdir)
   except UserError as e:
     _fail(str(e))
+  except OSError as e:  # the file system said no mid-run (disk full, permissions changed)
+    where = f"{e.filename}: " if e.filename else ""
+    _fail(f"{where}{e.strerror or e}; check the path, space and permissions, then re-run")
   except Preempted as e:
     print(f"preempted: {e}", file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 
+from shared import manifest
 from shared.errors import CheckpointError
 
 PyTree = Any
@@ -21,6 +22,8 @@ class Checkpointer:
   - `restore_or(state)` resumes from the latest step, or returns `state` untouched when none,
   - a checkpoint that fails to restore raises CheckpointError naming it; nothing is deleted, so the
     older checkpoints stay for the user to fall back on (`--config.restore_step` style),
+  - under `shared.app`, the folder holds a `run_manifest.json` with the run's config hash, and a
+    folder written under another config is refused when opened (`shared.manifest`),
   - `save(step, state, data_state=...)` also keeps the data iterator's JSON state in the same step
     (item "data", one file per process, through grain's checkpoint handler); `restore_data(step)`
     gives it back. The state is item "default", where orbax puts a single-item checkpoint, so
@@ -32,6 +35,7 @@ class Checkpointer:
 
     self._ocp = ocp
     self.directory = os.path.abspath(directory)
+    manifest.check_folder(self.directory)
     self.every = max(int(every), 1)
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max(int(keep), 1), create=True, enable_async_checkpointing=False

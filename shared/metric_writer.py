@@ -1,6 +1,10 @@
 """Metrics: `metrics.jsonl` on process 0 (+ TensorBoard when TensorFlow is importable).
 
 TensorFlow is never imported here unless it is installed and a TensorBoard writer is asked for.
+
+Each row is written as one line with a single `write` and flushed; a kill in the middle of one
+leaves a line without its newline at the end of the file, which the next writer cuts off before
+appending (`repair_tail`), so the file stays one JSON object per line.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from shared.errors import CheckpointError
 
 
 def _to_python(value):
@@ -34,7 +40,9 @@ class MetricWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+    path = os.path.join(workdir, "metrics.jsonl")
+    repair_tail(path)
+    self._file = open(path, "a")  # noqa: SIM115
     if tensorboard and _tensorflow_available():
       try:
         from clu import metric_writers
@@ -77,11 +85,60 @@ def _tensorflow_available() -> bool:
     return False
 
 
+def repair_tail(path: str) -> None:
+  """Cuts a last line that lacks its newline (a row torn by a kill) off `path`, if any."""
+  try:
+    with open(path, "rb+") as f:
+      f.seek(0, os.SEEK_END)
+      size = f.tell()
+      if size == 0:
+        return
+      f.seek(size - 1)
+      if f.read(1) == b"\n":
+        return
+      keep, block = 0, 65536
+      pos = size
+      while pos > 0:  # the last newline, read backwards block by block
+        start = max(0, pos - block)
+        f.seek(start)
+        chunk = f.read(pos - start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+          keep = start + i + 1
+          break
+        pos = start
+      logging.warning("%s: dropping a torn last row (%d bytes)", path, size - keep)
+      f.truncate(keep)
+  except FileNotFoundError:
+    return
+
+
 def read_metrics(workdir: str, stage: str | None = None) -> list[dict]:
-  """All lines of `metrics.jsonl`, optionally only those of one stage."""
+  """All rows of `metrics.jsonl`, optionally only those of one stage.
+
+  A torn last row (a kill mid-write) is skipped; a corrupt row elsewhere is an error.
+
+  Raises:
+    CheckpointError: a row that is not JSON, naming the file, the line and how to recover.
+  """
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  with open(path, "rb") as f:
+    data = f.read()
+  lines = data.split(b"\n")
+  torn = lines.pop()  # b"" when the file ends with a newline
+  rows = []
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise CheckpointError(
+        f"{path} line {i} is corrupt ({e}); delete that line (or the file, losing the logged "
+        "history) and re-run the same command"
+      ) from None
+  if torn.strip():
+    logging.warning("%s: ignoring a torn last row (%d bytes)", path, len(torn))
   return [r for r in rows if stage is None or r.get("stage") == stage]

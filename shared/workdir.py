@@ -3,11 +3,17 @@
   write_json(path, payload)          atomic, numpy-safe, on process 0 (parents created)
   read_json(path)                    the dict, None when absent; a corrupt file is a UserError
   cached_result(path, compute)       a resumable sub-run result: read it, or compute and write it
+                                     (tied to the run's config: `shared.manifest`)
+  read_result(path)                  such a result, or None
   save_params(path, params) / load_params(path)    a params pytree as a flat .npz ('a/b/kernel')
+  save_arrays(path, arrays) / load_arrays(path)    name -> array as .npz (scores, tokens, caches)
+  save_array(path, array) / load_array(path)       one array as .npy (figures' samples)
+  write_text(path, text)             a table or summary (markdown), on process 0
   read_state_dict(path)              name -> numpy array from .npz, .safetensors or a PyTorch file
 
 Every write goes to a temporary name in the same folder and is renamed into place, so a kill
-mid-write leaves the previous file (or none), never half of one.
+mid-write leaves the previous file (or none), never half of one. Every read of a run's own file
+that fails (truncated, foreign) is a CheckpointError naming the file and how to recover.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from shared import manifest
 from shared.errors import CheckpointError, DataError
 
 PyTree = Any
@@ -79,19 +86,90 @@ def read_json(path: str) -> Any | None:
     raise CheckpointError(
       f"{path} is corrupt ({e}); delete it and re-run the same command to recompute it"
     ) from None
+  except OSError as e:
+    raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_result(path: str) -> Any | None:
+  """A result `cached_result` (or `write_result`) wrote, None when absent.
+
+  Raises:
+    CheckpointError: corrupt, or computed under another config than the one being run.
+  """
+  return manifest.unstamp(path, read_json(path))
+
+
+def write_result(path: str, result: Mapping[str, Any]) -> None:
+  """Writes a sub-run result tied to the run's config (see `shared.manifest`)."""
+  write_json(path, manifest.stamp(result))
 
 
 def cached_result(path: str, compute: Callable[[], Mapping[str, Any]]) -> Any:
   """A resumable sub-run result: the JSON at `path` if there, else `compute()`, written there.
 
-  Every process computes (collective steps need all of them); process 0 writes.
+  Every process computes (collective steps need all of them); process 0 writes. Under
+  `shared.app` the file carries the config's hash, and one from another config is refused.
   """
-  cached = read_json(path)
+  cached = read_result(path)
   if cached is not None:
     return cached
   result = compute()
-  write_json(path, result)
+  write_result(path, result)
   return result
+
+
+def write_text(path: str, text: str, *, every_process: bool = False) -> None:
+  """Writes `text` atomically (process 0 unless told otherwise)."""
+  if every_process or _is_writer():
+    _atomic(path, lambda f: f.write(text))
+
+
+def save_arrays(path: str, arrays: Mapping[str, Any], *, every_process: bool = False) -> None:
+  """name -> array as an uncompressed .npz, atomically (process 0 unless told otherwise)."""
+  if every_process or _is_writer():
+    host = {k: np.asarray(v) for k, v in arrays.items()}
+    _atomic(path, lambda f: np.savez(f, **host), mode="wb")
+
+
+def save_array(path: str, array: Any) -> None:
+  """One array as .npy, atomically, on process 0."""
+  if _is_writer():
+    _atomic(path, lambda f: np.save(f, np.asarray(array)), mode="wb")
+
+
+def _recovery(path: str, recover: str | None) -> str:
+  return recover or f"delete {path} and re-run the same command to recompute it"
+
+
+def load_arrays(path: str, *, recover: str | None = None) -> dict[str, np.ndarray]:
+  """The arrays `save_arrays` wrote.
+
+  Args:
+    path: the .npz.
+    recover: what to tell the user to do when the file is missing or corrupt.
+
+  Raises:
+    CheckpointError: missing, truncated or not an .npz, naming the file and `recover`.
+  """
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path} is missing; {_recovery(path, recover)}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except Exception as e:  # ValueError, OSError, EOFError, zipfile.BadZipFile for truncated files
+    raise CheckpointError(
+      f"{path} is corrupt ({type(e).__name__}: {e}); {_recovery(path, recover)}"
+    ) from None
+
+
+def load_array(path: str, *, recover: str | None = None) -> np.ndarray:
+  """The array `save_array` wrote (see `load_arrays` for the errors)."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path} is missing; {_recovery(path, recover)}")
+  try:
+    return np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise CheckpointError(f"{path} is corrupt ({e}); {_recovery(path, recover)}") from None
 
 
 def save_params(path: str, params: PyTree, dtype=np.float32) -> None:
@@ -106,11 +184,15 @@ def save_params(path: str, params: PyTree, dtype=np.float32) -> None:
   _atomic(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
-def load_params(path: str) -> PyTree:
-  """The pytree `save_params` wrote (numpy leaves)."""
+def load_params(path: str, *, recover: str | None = None) -> PyTree:
+  """The pytree `save_params` wrote (numpy leaves).
+
+  Raises:
+    CheckpointError: missing, truncated or not an .npz, naming the file and `recover`.
+  """
   from flax import traverse_util  # noqa: PLC0415
 
-  flat = read_state_dict(path)
+  flat = load_arrays(path, recover=recover)
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
