@@ -214,7 +214,9 @@ def train_judge(cfg, train: dict, vocab_size: int, length: int, seed: int, workd
   net = make_dual_encoder(cfg, vocab_size, length)
   path = os.path.join(workdir, "judge.npz")
   if os.path.exists(path):
-    return RetrievalJudge(load_params(path), net, cfg.group)
+    return RetrievalJudge(
+      load_params(path, recover=judge_lib.RETRAIN.format(path=path)), net, cfg.group
+    )
   start = time.time()
   images, ids = train["image"], train.get("caption_ids_all", train["caption_ids"])
   batch = min(cfg.batch_size, len(images))

@@ -25,6 +25,8 @@ from shared import stages, train_lib
 from shared.data.convert import to_float
 from shared.workdir import load_params, save_params
 
+RETRAIN = "delete {path} and re-run the same command to train the judge again"
+
 NUM_SHAPES, NUM_COLOURS, NUM_SIZES = 5, 6, 2
 
 
@@ -201,7 +203,7 @@ class Judge(Batched):
 
   @classmethod
   def load(cls, path: str, grid: int, widths, hidden: int) -> Judge:
-    return cls(load_params(path), grid, widths, hidden)
+    return cls(load_params(path, recover=RETRAIN.format(path=path)), grid, widths, hidden)
 
 
 def render_scenes(

@@ -20,7 +20,24 @@ from infotok.unified import Layout
 from infotok.unified_trainer import UnifiedTrainer
 from shared import train_lib
 from shared.errors import ConfigError
-from shared.workdir import cached_result, load_params, read_json, save_params, write_json
+from shared.workdir import (
+  cached_result,
+  load_arrays,
+  load_params,
+  read_result,
+  save_array,
+  save_arrays,
+  save_params,
+  write_result,
+)
+
+
+def _redo(sub: str) -> str:
+  """How to recover a tokenizer sub-run whose saved arrays are lost or corrupt."""
+  return (
+    f"delete {os.path.join(sub, 'result.json')} and re-run the same command (the tokenizer "
+    "resumes from its last checkpoint and writes them again)"
+  )
 
 
 class Pipeline:
@@ -81,7 +98,7 @@ class Pipeline:
     sub = os.path.join(seed_dir, "tokenizers", name)
     result_path = os.path.join(sub, "result.json")
     tokens_path = os.path.join(sub, "tokens.npz")
-    done = read_json(result_path)
+    done = read_result(result_path)
     if done is not None and os.path.exists(tokens_path):  # both, or train it again
       return done
     train = self.splits["train"]
@@ -100,21 +117,21 @@ class Pipeline:
       metrics, recon = evaluate.reconstruction(self.tok, params, self.splits[split], self.judge, n)
       result[split] = metrics
       if split == "test":
-        np.save(os.path.join(sub, "recon_test.npy"), recon[: cfg.eval.grid_samples])
+        save_array(os.path.join(sub, "recon_test.npy"), recon[: cfg.eval.grid_samples])
     tokens = {s: self.tok.tokens(params, self.splits[s]["image"]) for s in self.split_names}
-    if jax.process_index() == 0:
-      np.savez(tokens_path, **tokens)
+    save_arrays(tokens_path, tokens)
     save_params(os.path.join(sub, "params.npz"), params)
     log_summary(name, result["val"])
-    write_json(result_path, result)
+    write_result(result_path, result)  # last: it marks the sub-run done
     return result
 
   def tokenizer_params(self, seed_dir: str, name: str):
-    return load_params(os.path.join(seed_dir, "tokenizers", name, "params.npz"))
+    sub = os.path.join(seed_dir, "tokenizers", name)
+    return load_params(os.path.join(sub, "params.npz"), recover=_redo(sub))
 
   def tokens(self, seed_dir: str, name: str) -> dict[str, np.ndarray]:
-    with np.load(os.path.join(seed_dir, "tokenizers", name, "tokens.npz")) as f:
-      return {k: f[k] for k in f.files}
+    sub = os.path.join(seed_dir, "tokenizers", name)
+    return load_arrays(os.path.join(sub, "tokens.npz"), recover=_redo(sub))
 
   # -- unified models --------------------------------------------------------------------------
 
@@ -157,8 +174,8 @@ class Pipeline:
         trainer, params, self.tok, tok_params, arrays_s, self.judge, key, n
       )
       result[split] = {**und, **gen}
-      if split == "test" and jax.process_index() == 0:
-        np.save(os.path.join(sub, "generated_test.npy"), images[: cfg.eval.grid_samples])
+      if split == "test":
+        save_array(os.path.join(sub, "generated_test.npy"), images[: cfg.eval.grid_samples])
     self.stage_seconds[f"eval/{style}_{variant}"] = round(time.time() - start, 2)
     row = summary.row(result, {"test": {}}, self.caption_set)
     logging.info(

@@ -10,11 +10,13 @@ the judge's ceiling, the figures and the wall time.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from shared import cli
+from shared.errors import ConfigError, DataError
 from shared.report import format_mean_std, mean_std_table
+from shared.workdir import read_run_results
 
 UNDERSTANDING = {
   "und_vqa_test": "VQA acc test",
@@ -61,8 +63,7 @@ TOKENIZER = {
 
 
 def _load(workdir: str) -> dict:
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
+  return read_run_results(workdir, "infotok", needs=("rows",))
 
 
 def render(*workdirs: str) -> str:
@@ -70,7 +71,7 @@ def render(*workdirs: str) -> str:
   rows = [r for run in runs for r in run["metrics"]["rows"]]
   seeds = sorted({r["seed"] for r in rows})
   if len(seeds) != len(rows) // max(len({(r["style"], r["variant"]) for r in rows}), 1):
-    raise SystemExit(f"runs {workdirs} repeat a seed; pool runs of distinct seeds only")
+    raise DataError(f"runs {workdirs} repeat a seed; pool runs of distinct seeds only")
   labels = {"style": "style", "variant": "variant", **UNDERSTANDING, **GENERATION, **TOKENIZER}
   out = []
   for w, run in zip(workdirs, runs, strict=True):
@@ -197,14 +198,22 @@ def claim_table(rows: list[dict], und=CLAIM_UND, gen=CLAIM_GEN) -> str:
   return "\n".join(lines)
 
 
+USAGE = "usage: python -m infotok.report RUN_DIR [RUN_DIR ...]"
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if any(a in ("-h", "--help") for a in argv):
+    print(f"{USAGE}\n\nPools the results.json of finished InfoTok runs into markdown tables.")
+    return 0
   if not argv:
-    print("usage: python -m infotok.report RUN_DIR [RUN_DIR ...]", file=sys.stderr)
-    return 2
-  print(render(*argv), end="")
+    raise ConfigError(f"no run folder given; {USAGE}")
+  try:
+    print(render(*argv), end="")
+  except (KeyError, TypeError, ValueError) as e:  # a results.json of another layout
+    raise DataError(f"the runs {list(argv)} cannot be pooled ({type(e).__name__}: {e})") from None
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.guarded(main))

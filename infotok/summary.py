@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 
-import jax
-import numpy as np
-
 from infotok import evaluate
 from infotok import text as text_lib
-from shared import report
+from shared import report, workdir
 
 # Row name -> metric name of the unified result, per kind of data set (True: image-caption sets).
 ROW_METRICS = {
@@ -78,10 +75,8 @@ def summary_table(rows: list[dict], metrics=HEADLINE) -> str:
 
 def write_summary(path: str, title: str, table: str, warning: str = "") -> None:
   """summary.md: the title, a warning line when there is one, the table (process 0)."""
-  if jax.process_index() == 0:
-    with open(path, "w") as f:
-      warn = f"**{warning}**\n\n" if warning else ""
-      f.write(f"# {title}\n\n{warn}{table}\n")
+  warn = f"**{warning}**\n\n" if warning else ""
+  workdir.write_text(path, f"# {title}\n\n{warn}{table}\n")
 
 
 def scalars(d: dict) -> dict:
@@ -99,7 +94,7 @@ def sample_grids(pipe, seed_dir: str, chosen: dict, semantic: dict) -> dict[str,
   for name in sorted(set(chosen.values()) | set(semantic.values())):
     path = os.path.join(seed_dir, "tokenizers", name, "recon_test.npy")
     if os.path.exists(path):
-      recon[name] = np.load(path)
+      recon[name] = workdir.load_array(path, recover=_regrid(path))
   out["reconstructions"] = evaluate.sample_grid(
     recon, os.path.join(seed_dir, "reconstructions.png")
   )
@@ -109,8 +104,15 @@ def sample_grids(pipe, seed_dir: str, chosen: dict, semantic: dict) -> dict[str,
     for variant in pipe.config.variants:
       path = os.path.join(seed_dir, "unified", f"{style}_{variant}", "generated_test.npy")
       if os.path.exists(path):
-        rows[variant] = np.load(path)
+        rows[variant] = workdir.load_array(path, recover=_regrid(path))
     out[f"generated_{style}"] = evaluate.sample_grid(
       rows, os.path.join(seed_dir, f"generated_{style}.png"), prompts
     )
   return out
+
+
+def _regrid(path: str) -> str:
+  return (
+    f"delete {path} and re-run the same command (the figure is drawn without it; delete the "
+    "result.json beside it too to write it again)"
+  )

@@ -35,6 +35,7 @@ from infotok import judge as judge_lib
 from infotok import text as text_lib
 from infotok.pipeline import Pipeline
 from infotok.unified import STYLES
+from shared import manifest
 from shared.errors import ConfigError
 
 VARIANTS = ("baseline", "entropy", "infotok_vib", "infotok_hsic")
@@ -92,6 +93,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   caption_set = captions.is_caption_set(config.data)
   t_judge = time.time()
   judge_dir = os.path.join(workdir, "judge")
+  manifest.check_folder(judge_dir)  # a judge trained under another config is not reused
   if caption_set:
     judge = captions.train_judge(
       config.judge, splits["train"], len(text_tok), config.text.caption_len, config.seed, judge_dir

@@ -24,7 +24,8 @@ class BestValSelection:
     self.eval_batch_size, self.data_sharding = eval_batch_size, data_sharding
     self.params_path = os.path.join(folder, "selected_params.npz")
     self.info_path = os.path.join(folder, "selection.json")
-    self.best = workdir.read_json(self.info_path)  # {"step", "val_eer", "val_auc"} or None
+    self.folder = folder
+    self.best = workdir.read_result(self.info_path)  # {"step", "val_eer", "val_auc"} or None
 
   def __call__(self, step, state):
     scores = evaluate.predict(
@@ -41,14 +42,17 @@ class BestValSelection:
       workdir.save_params(
         self.params_path, {"params": state.params, "model_state": state.model_state}
       )
-      workdir.write_json(self.info_path, self.best)
+      workdir.write_result(self.info_path, self.best)
     return {"select_val_eer": val["eer"], "select_val_auc": val["auc"]}
 
   def restore(self, state):
     """(params, model_state): the selected ones when there are, else the state's own."""
     if self.best is None or not os.path.exists(self.params_path):
       return state.params, state.model_state
-    restored = workdir.load_params(self.params_path)
+    restored = workdir.load_params(
+      self.params_path,
+      recover=f"delete the folder {self.folder} and re-run the same command (it trains again)",
+    )
     model_state = restored.get("model_state", {})  # a ViT has none (an empty tree is not saved)
     return (
       jax.device_put(restored["params"], self.stage.sharding.params),

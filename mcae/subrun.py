@@ -18,7 +18,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from mcae import evaluate, methods, stage_builders
 from mcae.protocols import Protocol, select
@@ -26,7 +25,7 @@ from mcae.selection import BestValSelection
 from shared import data as data_lib
 from shared import stages
 from shared.models.vit import init_classifier_from_mae
-from shared.workdir import cached_result
+from shared.workdir import cached_result, save_arrays
 
 PRETRAIN_FIELDS = ("image", "label", "domain", "attack")
 CLASSIFIER_FIELDS = ("image", "label")
@@ -149,14 +148,8 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
     "steps": plan.num_steps,
     "wall_time_s": round(time.time() - start, 2),
   }
-  if jax.process_index() == 0:
-    np.savez(
-      os.path.join(folder, "scores.npz"),
-      val_scores=val_scores,
-      val_labels=source_val["label"],
-      test_scores=test_scores,
-      test_labels=target_test["label"],
-    )
+  scores = dict(val_scores=val_scores, val_labels=source_val["label"], test_scores=test_scores)
+  save_arrays(os.path.join(folder, "scores.npz"), {**scores, "test_labels": target_test["label"]})
   logging.info(
     "%s %s seed %d: HTER(test EER) %.2f%%, HTER(val thr) %.2f%%, AUC %.2f%% (%.1fs)",
     spec,

@@ -13,15 +13,14 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from mcae import evaluate, methods
 from mcae.protocols import leave_one_out
 from mcae.subrun import RunContext, run_subrun, subrun_folder
 from shared import data as data_lib
-from shared import train_lib
+from shared import train_lib, validate
 from shared.errors import ConfigError
-from shared.workdir import write_json
+from shared.workdir import load_arrays, write_json, write_text
 
 
 def _load_splits(config):
@@ -45,7 +44,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Every method x protocol x seed, then mean ± std tables, ROC figures and results."""
   start = time.time()
   for spec in config.methods:  # fail on a bad method or override before any training
-    methods.method_config(config, spec)
+    validate.check_config(methods.method_config(config, spec))
   if not config.seeds:
     raise ConfigError("config.seeds is empty")
   info, splits = _load_splits(config)
@@ -75,18 +74,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       curves = {}
       for spec in config.methods:
         for seed in config.seeds:
-          path = os.path.join(subrun_folder(workdir, seed, proto, spec), "scores.npz")
+          folder = subrun_folder(workdir, seed, proto, spec)
+          path = os.path.join(folder, "scores.npz")
           if os.path.exists(path):
-            with np.load(path) as f:
-              curves.setdefault(spec, []).append(
-                evaluate.roc_of(f["test_scores"], f["test_labels"])
-              )
+            recover = (
+              f"delete {path} and {os.path.join(folder, 'subrun.json')}, then re-run the same "
+              "command (the sub-run is evaluated again from its last checkpoint)"
+            )
+            f = load_arrays(path, recover=recover)
+            curves.setdefault(spec, []).append(evaluate.roc_of(f["test_scores"], f["test_labels"]))
       figure = os.path.join(workdir, f"roc_{proto.slug}.png")
       evaluate.roc_figure(figure, f"{proto.name} (mean ROC over seeds)", curves)
       figures.append(os.path.basename(figure))
     table = evaluate.markdown_tables(rows, names)
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-      f.write(table + "\n")
+    write_text(os.path.join(workdir, "table.md"), table + "\n")
   means = {r["method"]: r for r in rows if r["protocol"] == evaluate.MEAN_ROW}
   metrics: dict = {}
   for spec, r in means.items():

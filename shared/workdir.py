@@ -30,6 +30,7 @@ from shared import manifest
 from shared.errors import CheckpointError, DataError
 
 PyTree = Any
+ARRAYS_HASH_KEY = "__config_hash__"  # in .npz files written by save_arrays under shared.app
 
 
 def _is_writer() -> bool:
@@ -118,6 +119,39 @@ def cached_result(path: str, compute: Callable[[], Mapping[str, Any]]) -> Any:
   return result
 
 
+def read_run_results(run_dir: str, method: str, needs: tuple[str, ...] = ()) -> dict:
+  """`results.json` of a finished `python -m <method>` run, for the report commands.
+
+  Args:
+    run_dir: the run's --workdir.
+    method: the package that must have written it.
+    needs: keys its `metrics` must hold.
+
+  Raises:
+    DataError: no such folder, no results.json (an unfinished run), another method's run, or one
+      without the needed metrics; CheckpointError: a corrupt results.json.
+  """
+  if not os.path.isdir(run_dir):
+    raise DataError(f"{run_dir} is not a folder (expected a --workdir of `python -m {method}`)")
+  path = os.path.join(run_dir, "results.json")
+  results = read_json(path)
+  if results is None:
+    raise DataError(
+      f"{run_dir} has no results.json: not a finished run; finish it with "
+      f"`python -m {method} --config ... --workdir {run_dir}` (the same flags resume it)"
+    )
+  if not isinstance(results, dict):
+    raise DataError(f"{path} is not a run's results (a JSON {type(results).__name__})")
+  found = results.get("method", method)  # hand-made results may not name it
+  if found != method:
+    raise DataError(f"{path} is from a {found!r} run, not `python -m {method}`")
+  metrics = results.get("metrics")
+  missing = [k for k in needs if not isinstance(metrics, dict) or k not in metrics]
+  if missing:
+    raise DataError(f"{path} lacks metrics {missing} (written by an older version?); re-run it")
+  return results
+
+
 def write_text(path: str, text: str, *, every_process: bool = False) -> None:
   """Writes `text` atomically (process 0 unless told otherwise)."""
   if every_process or _is_writer():
@@ -125,9 +159,14 @@ def write_text(path: str, text: str, *, every_process: bool = False) -> None:
 
 
 def save_arrays(path: str, arrays: Mapping[str, Any], *, every_process: bool = False) -> None:
-  """name -> array as an uncompressed .npz, atomically (process 0 unless told otherwise)."""
+  """name -> array as an uncompressed .npz, atomically (process 0 unless told otherwise).
+
+  Under `shared.app` the file also holds the run's config hash (`load_arrays` checks and drops it).
+  """
   if every_process or _is_writer():
     host = {k: np.asarray(v) for k, v in arrays.items()}
+    if manifest.current() is not None:
+      host[ARRAYS_HASH_KEY] = np.asarray(manifest.current())
     _atomic(path, lambda f: np.savez(f, **host), mode="wb")
 
 
@@ -155,11 +194,15 @@ def load_arrays(path: str, *, recover: str | None = None) -> dict[str, np.ndarra
     raise CheckpointError(f"{path} is missing; {_recovery(path, recover)}")
   try:
     with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
+      out = {k: f[k] for k in f.files}
   except Exception as e:  # ValueError, OSError, EOFError, zipfile.BadZipFile for truncated files
     raise CheckpointError(
       f"{path} is corrupt ({type(e).__name__}: {e}); {_recovery(path, recover)}"
     ) from None
+  if ARRAYS_HASH_KEY in out:
+    stamped = manifest.unstamp(path, {manifest.HASH_KEY: str(out.pop(ARRAYS_HASH_KEY))})
+    del stamped
+  return out
 
 
 def load_array(path: str, *, recover: str | None = None) -> np.ndarray:

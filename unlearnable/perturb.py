@@ -8,13 +8,13 @@ image instead) and images + delta inside [0, 1].
 
 from __future__ import annotations
 
-import os
 import zlib
 from typing import Any
 
 import jax
 import numpy as np
 
+from shared import workdir
 from shared.errors import ConfigError, DataError
 from unlearnable import baselines, minmin
 
@@ -169,27 +169,32 @@ def generate(config, images, labels, key, **kwargs) -> np.ndarray:
 
 
 def save(path: str, delta: np.ndarray, indices: np.ndarray, eps: float, **extra) -> None:
-  """Writes perturbations.npz: delta [N, ...] float32, indices [N] (rows of the split), eps."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:  # A file object: np.savez would append '.npz' to a name.
-    np.savez(
-      f,
-      delta=np.asarray(delta, np.float32),
-      indices=np.asarray(indices, np.int64),
-      eps=np.float32(eps),
-      **extra,
-    )
-  os.replace(tmp, path)  # Atomic: a resumed run never reads half a file.
+  """Writes perturbations.npz: delta [N, ...] float32, indices [N] (rows of the split), eps.
+
+  Atomic (a resumed run never reads half a file), on process 0, tied to the run's config.
+  """
+  arrays = {
+    "delta": np.asarray(delta, np.float32),
+    "indices": np.asarray(indices, np.int64),
+    "eps": np.float32(eps),
+    **extra,
+  }
+  workdir.save_arrays(path, arrays)
 
 
 def load(path: str) -> dict[str, np.ndarray]:
-  """Reads perturbations.npz back: {'delta', 'indices', 'eps', ...}."""
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      out = {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
-    raise DataError(f"cannot read perturbations {path}: {e}") from None
+  """Reads perturbations.npz back: {'delta', 'indices', 'eps', ...}.
+
+  Raises:
+    CheckpointError: missing, truncated or from another config's run (naming the recovery).
+    DataError: a file without the three arrays.
+  """
+  recover = (
+    f"delete {path} and the generation.json beside it, then re-run the same command to make "
+    "the perturbations again"
+  )
+  out = workdir.load_arrays(path, recover=recover)
   missing = {"delta", "indices", "eps"} - set(out)
   if missing:
-    raise DataError(f"{path} lacks {sorted(missing)}")
+    raise DataError(f"{path} lacks {sorted(missing)}; {recover}")
   return out

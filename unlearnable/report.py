@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from shared import cli
+from shared.errors import ConfigError, DataError
+from shared.workdir import read_run_results
 from unlearnable.evaluate import VICTIMS
 
 
@@ -59,12 +64,19 @@ def _generation_rows(generation: dict, methods) -> str:
 
 
 def results_section(workdir: str) -> str:
-  """The markdown of a finished run: command, device, wall time, both tables, diagnostics."""
-  import json
-  import os
+  """The markdown of a finished run: command, device, wall time, both tables, diagnostics.
 
-  with open(os.path.join(workdir, "results.json")) as f:
-    res = json.load(f)
+  Raises:
+    DataError: not a finished unlearnable run (see `shared.workdir.read_run_results`).
+  """
+  res = read_run_results(workdir, "unlearnable", needs=("final", "peak", "num_classes"))
+  try:
+    return _section(workdir, res)
+  except (KeyError, TypeError, ValueError) as e:  # a results.json of another layout
+    raise DataError(f"{workdir}/results.json cannot be read as a run's results ({e!r})") from None
+
+
+def _section(workdir: str, res: dict) -> str:
   cfg, dev, m = res["config"], res["devices"], res["metrics"]
   from unlearnable.evaluate import DERIVED
 
@@ -102,7 +114,19 @@ def results_section(workdir: str) -> str:
   return "\n".join(lines)
 
 
-if __name__ == "__main__":
-  import sys
+USAGE = "usage: python -m unlearnable.report [RUN_DIR]   (default runs/unlearnable)"
 
-  print(results_section(sys.argv[1] if len(sys.argv) > 1 else "runs/unlearnable"))
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if any(a in ("-h", "--help") for a in argv):
+    print(f"{USAGE}\n\nPrints the markdown section of a finished unlearnable run.")
+    return 0
+  if len(argv) > 1:
+    raise ConfigError(f"one run folder at most; {USAGE}")
+  print(results_section(argv[0] if argv else "runs/unlearnable"))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli.guarded(main))
