@@ -18,6 +18,11 @@ input slices, GroupNorm scales and biases), so each channel group gets a [width]
               about 2 delta_i (H g)_i = 2 S_i, so a large S_i means removal *raises* the gradient
               norm (the pruned net keeps training fast): prune high S, keep low S.
               Importance = -S; `Scorer.grasp_removal` returns S itself (the iterative energy's).
+              Two protocols (`prune.grasp_protocol`): "sweep" (default) scores the same loss
+              as taylor -- L = sum_t L_t over the same batch, fixed noise and timesteps (the
+              sweep and its stop) -- so g = sum_t g_t and H g = sum_t H_t g; "random_t" (the
+              earlier behaviour) averages -theta * (H_b g_b) over `grasp_batches` batches with
+              random timesteps.
 
 All losses are the DDPM eps-MSE of the masked model (`masks` in [0, 1] per channel group), so the
 same code scores the dense teacher (all-ones masks) and a softly pruned network mid-flow.
@@ -36,6 +41,7 @@ from gradflow_prune import diffusion, surgery
 from shared.errors import ConfigError
 
 CRITERIA = ("random", "magnitude", "taylor", "grasp")
+GRASP_PROTOCOLS = ("sweep", "random_t")
 Scores = dict[str, np.ndarray]
 
 
@@ -74,6 +80,7 @@ class Scorer:
   """The jitted pieces criteria and the flow need for one model config (compiled once)."""
 
   def __init__(self, model, sched: diffusion.Schedule):
+    self.model = model
     self.loss = masked_loss(model, sched)
     # One program for d/dparams (taylor) and d/dmasks (the flow): one compilation instead of two.
     self._grads = jax.jit(jax.value_and_grad(self.loss, argnums=(0, 1)))
@@ -84,6 +91,9 @@ class Scorer:
       return jax.tree.map(lambda p, h: -p * h, params, hg)
 
     self._grasp = jax.jit(grasp_terms)
+    self._hvp = jax.jit(lambda params, masks, x0, t_B, noise, v: hvp(
+      self.loss, params, v, masks, x0, t_B, noise
+    ))  # fmt: skip
 
   def grads(self, params, masks, x0, t_B, noise):
     """(loss, dL/dparams, dL/dmasks) on the host."""
@@ -94,6 +104,29 @@ class Scorer:
     """(loss, dL/dmasks): what the soft-mask flow follows."""
     loss, _, dm = self.grads(params, masks, x0, t_B, noise)
     return loss, dm
+
+  def sweep_gradient(self, params, masks, x0, noise, timesteps: Iterable[int], thr: float):
+    """G = sum_t dL_t/dtheta over Diff-Pruning's sweep (stop after the first t with
+    L_t < thr * max L); returns (G, the timesteps used, info)."""
+    params = _host(params)
+    grad_sum = None
+    loss_max, used, losses = 0.0, [], []
+    for t in timesteps:
+      t_B = jnp.full((x0.shape[0],), int(t), jnp.int32)
+      loss, grads, _ = self.grads(params, masks, x0, t_B, noise)
+      grad_sum = grads if grad_sum is None else jax.tree.map(np.add, grad_sum, grads)
+      used.append(int(t))
+      losses.append(loss)
+      loss_max = max(loss_max, loss)
+      if thr > 0 and loss < thr * loss_max:
+        break
+    if grad_sum is None:
+      raise ConfigError("taylor / grasp criterion: the timestep sweep is empty")
+    info = {
+      "timesteps_used": len(used), "last_t": used[-1], "loss_max": loss_max,
+      "loss_last": losses[-1],
+    }  # fmt: skip
+    return grad_sum, used, info
 
   def taylor(
     self,
@@ -107,22 +140,25 @@ class Scorer:
   ) -> tuple[Scores, dict[str, Any]]:
     """Diff-Pruning's Taylor importance with the loss-threshold stop; returns (scores, info)."""
     params = _host(params)
-    grad_sum = None
-    loss_max, used, losses, t = 0.0, 0, [], None
-    for t in timesteps:
-      t_B = jnp.full((x0.shape[0],), int(t), jnp.int32)
-      loss, grads, _ = self.grads(params, masks, x0, t_B, noise)
-      grad_sum = grads if grad_sum is None else jax.tree.map(np.add, grad_sum, grads)
-      used += 1
-      losses.append(loss)
-      loss_max = max(loss_max, loss)
-      if thr > 0 and loss < thr * loss_max:
-        break
-    if grad_sum is None:
-      raise ConfigError("taylor criterion: the timestep sweep is empty")
+    grad_sum, _, info = self.sweep_gradient(params, masks, x0, noise, timesteps, thr)
     saliency = jax.tree.map(lambda p, g: np.abs(p * g), params, grad_sum)
-    info = {"timesteps_used": used, "last_t": int(t), "loss_max": loss_max, "loss_last": losses[-1]}
     return surgery.channel_reduce(groups, saliency), info
+
+  def grasp_sweep_removal(
+    self, groups: surgery.Groups, params, masks, x0, noise, timesteps: Iterable[int], thr: float
+  ) -> tuple[Scores, dict[str, Any]]:
+    """S = -theta * (H g) of the sweep's loss L = sum_t L_t (taylor's batch, noise, timesteps):
+    g = sum_t g_t, then H g = sum_t H_t g (one HVP per timestep used); returns (S per channel,
+    info)."""
+    params, masks = _host(params), _host(masks)
+    g, used, info = self.sweep_gradient(params, masks, x0, noise, timesteps, thr)
+    hg = None
+    for t in used:
+      t_B = jnp.full((x0.shape[0],), t, jnp.int32)
+      h = _host(self._hvp(params, masks, x0, t_B, noise, g))
+      hg = h if hg is None else jax.tree.map(np.add, hg, h)
+    s = jax.tree.map(lambda p, h: -p * h, params, hg)
+    return surgery.channel_reduce(groups, s), info
 
   def grasp_removal(self, groups: surgery.Groups, params, masks, batches) -> Scores:
     """S = -theta * (H g) summed per channel, averaged over `batches` of (x0, t_B, noise)."""
@@ -146,9 +182,13 @@ def importance(
   taylor_timesteps: Iterable[int] = (),
   taylor_thr: float = 0.05,
   grasp_batches=(),
+  grasp_protocol: str = "random_t",
   seed: int = 0,
 ) -> tuple[Scores, dict[str, Any]]:
-  """Per-channel importance (higher = keep) of `criterion`, and a small info dict."""
+  """Per-channel importance (higher = keep) of `criterion`, and a small info dict.
+
+  grasp_protocol "sweep" scores grasp on `taylor_batch` over `taylor_timesteps` (with taylor's
+  stop); "random_t" on `grasp_batches`."""
   masks = groups.ones() if masks is None else masks
   if criterion == "random":
     return random_scores(groups, seed), {}
@@ -158,6 +198,16 @@ def importance(
     x0, noise = taylor_batch
     return scorer.taylor(groups, params, masks, x0, noise, taylor_timesteps, taylor_thr)
   if criterion == "grasp":
+    if grasp_protocol == "sweep":
+      x0, noise = taylor_batch
+      s, info = scorer.grasp_sweep_removal(
+        groups, params, masks, x0, noise, taylor_timesteps, taylor_thr
+      )
+      return {k: -v for k, v in s.items()}, info
+    if grasp_protocol != "random_t":
+      raise ConfigError(
+        f"prune.grasp_protocol={grasp_protocol!r}; known: {', '.join(GRASP_PROTOCOLS)}"
+      )
     s = scorer.grasp_removal(groups, params, masks, grasp_batches)
     return {k: -v for k, v in s.items()}, {}
   raise ConfigError(f"unknown pruning criterion {criterion!r}; known: {', '.join(CRITERIA)}")

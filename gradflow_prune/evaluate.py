@@ -176,3 +176,36 @@ def plot_fd_vs_macs(rows: Sequence[dict], path: str, teacher: dict | None = None
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=150)
   plt.close(fig)
+
+
+def plot_convergence(curves: dict[str, dict], path: str, teacher: dict | None = None) -> None:
+  """FD and SSIM to the teacher against fine-tune steps, one line per arm (mean over seeds).
+
+  Args:
+    curves: arm label -> {step (str): {"fd", "ssim", ...}} (`report.mean_curve`).
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (ax_fd, ax_ssim) = plt.subplots(1, 2, figsize=(10, 4))
+  markers = "o^sDvP*Xh<>"
+  for i, (label, curve) in enumerate(sorted(curves.items())):
+    steps = sorted(curve, key=int)
+    x = [int(s) for s in steps]
+    kw = dict(marker=markers[i % 11], lw=0.8, ms=3, label=label)
+    ax_fd.plot(x, [curve[s]["fd"] for s in steps], **kw)
+    ax_ssim.plot(x, [curve[s]["ssim"] for s in steps], **kw)
+  if teacher:
+    ax_fd.axhline(teacher["fd"], color="k", ls="--", lw=1, label="teacher")
+  ax_fd.set_ylabel("FD to data (lower is better)")
+  ax_ssim.set_ylabel("SSIM to the teacher's samples")
+  for ax in (ax_fd, ax_ssim):
+    ax.set_xlabel("fine-tune step")
+    ax.grid(alpha=0.3)
+  ax_fd.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=150)
+  plt.close(fig)

@@ -56,18 +56,22 @@ class Evaluator:
         f"eval.num_samples ({ec.num_samples}) must be a multiple of eval.batch_size "
         f"({ec.batch_size})"
       )
+    if ec.reference not in ("train", "test"):
+      raise ConfigError(f"eval.reference={ec.reference!r}; known: train, test")
     self.extractor = _extractor(config, self.dir, train)
-    stats_path = os.path.join(self.dir, f"ref_stats_{self.extractor.name}.npz")
+    ref, other = (train, test) if ec.reference == "train" else (test, train)
+    suffix = "" if ec.reference == "train" else "_test"
+    stats_path = os.path.join(self.dir, f"ref_stats_{self.extractor.name}{suffix}.npz")
     if os.path.isfile(stats_path):
       self.ref = FeatureStats.load(stats_path)
     else:
-      self.ref = fd.feature_stats(self.extractor, train["image"])
+      self.ref = fd.feature_stats(self.extractor, ref["image"])
       self.ref.save(stats_path)
-    n = min(ec.num_samples, len(test["image"]))
-    # FD of as many real held-out images as we sample: what sampling error alone costs. A random
-    # subset: built-in splits come in file order, which for mnist5k is sorted by label.
-    held_out = np.random.default_rng(ec.seed).choice(len(test["image"]), n, replace=False)
-    self.data_fd = self.fd(test["image"][np.sort(held_out)])
+    n = min(ec.num_samples, len(other["image"]))
+    # FD of as many real images of the other split as we sample: what sampling error alone
+    # costs. A random subset: built-in splits come in file order (mnist5k: sorted by label).
+    held_out = np.random.default_rng(ec.seed).choice(len(other["image"]), n, replace=False)
+    self.data_fd = self.fd(other["image"][np.sort(held_out)])
     self.shape = train["image"].shape[1:]
     self.noise = jax.random.normal(jax.random.PRNGKey(ec.seed), (ec.num_samples, *self.shape))
     self.teacher_samples = None
@@ -84,6 +88,17 @@ class Evaluator:
     ec = self.config.eval
     x_T = self.noise[: ec.latency_batch]
     return evaluate.measure_latency(kit.sample, params, None, x_T, repeats=ec.latency_repeats)
+
+  def quality(self, kit: Toolkit, params) -> dict:
+    """FD and SSIM to the teacher's samples (same noise): a convergence-curve point."""
+    params = jax.device_put(jax.device_get(params))
+    start = time.time()
+    samples = self.samples(kit, params)
+    return {
+      "fd": self.fd(samples),
+      "ssim": evaluate.ssim_to_teacher(samples, self.teacher_samples),
+      "sample_s": round(time.time() - start, 2),
+    }
 
   def evaluate(self, kit: Toolkit, params, name: str) -> dict:
     """FD, SSIM to the teacher's samples (same noise), params, MACs, latency; a sample grid."""

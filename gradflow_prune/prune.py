@@ -9,14 +9,23 @@ channel multiply the network's channels (`UNet(..., masks=m)`), and for k = 1..K
 
     s_k  = sparsity_schedule(k, K, 1 - keep_ratio)                 # cubic (Zhu & Gupta)
     R    = removal scores of the criterion at (theta, m)           # GraSP: S = -theta * (H g)
-    S^   = mean|dL/dm| * (R - mean R) / mean|R - mean R|           # centred, on dL/dm's scale
+    S^   = mean_g|dL/dm| * (R - mean_g R) / mean_g|R - mean_g R|   # per group g (`normalize`)
     E(m) = L(theta, m) - lam * sum_c S^_c (1 - m_c)                # + reward for removing high S
     n_flow Euler steps  m <- clip(m - eta * dE/dm / max|dE/dm|, 0, 1)   (eta halved on a rise)
-    keep the top (1 - s_k) of every group by m; the others decay: m_c <- gamma * m_c
+    keep the top (1 - s_k) of every whole group by m (`rank_within`); the others decay:
+      m_c <- gamma * m_c
     n_train denoising training steps of theta under m
 
-then harden (top keep_ratio -> 1, rest -> 0), remove physically, fine-tune for the rest of the
-budget: one-shot and iterative train for the same total number of steps.
+then harden (per GroupNorm unit: the top keep_ratio of every unit -> 1, rest -> 0; the only place
+the unit rule applies), remove physically, fine-tune.
+
+Why rank within whole groups during the iterations: GroupNorm needs equal keep counts per unit
+(`surgery.masks_from_scores`) only in the physically pruned network. Rounded per unit, small
+units make the schedule collapse: with units of 3 channels, keep (1 - s_1) = 0.79 already rounds
+to 2 of 3, the final count of keep 0.7, so iteration 1 fixes the keep set and later iterations
+only fade it.
+Ranked within a 24-channel group the count falls 19 -> 17 -> 17 (K = 3) and the set can change.
+`rank_within="unit"` and `normalize="all"` reproduce the earlier behaviour.
 
 Why normalise: dE/dm's scale depends on the loss and the width. Dividing the Euler step by its
 largest entry (one scalar per step: a change of time variable of the same flow) makes `eta` the
@@ -54,6 +63,12 @@ class FlowConfig:
   gamma: float = 0.5  # soft decay of the non-kept per iteration (0: hard cut)
   n_train: int = 10  # denoising training steps per iteration
   power: float = 3.0  # sparsity schedule exponent
+  rank_within: str = "group"  # keep set per iteration: per whole "group" | per GroupNorm "unit"
+  normalize: str = "group"  # centre and scale the criterion term per "group" | over "all"
+
+
+RANK_WITHIN = ("group", "unit")
+NORMALIZE = ("group", "all")
 
 
 def _flat(masks: Mapping[str, Any], names) -> np.ndarray:
@@ -74,6 +89,23 @@ def normalized_removal(removal: Mapping[str, Any], groups: surgery.Groups, scale
   r = r - r.mean()
   r = r / max(np.abs(r).mean(), 1e-30) * scale
   return _unflat(r, groups)
+
+
+def normalized_removal_per_group(
+  removal: Mapping[str, Any], groups: surgery.Groups, dl_dm: Mapping[str, Any]
+) -> Masks:
+  """S^_g = mean|dL/dm_g| * (R_g - mean R_g) / mean|R_g - mean R_g|, within each group g.
+
+  Within a group the criterion's push then averages the loss gradient's there (lam = 1), whatever
+  the criterion's scale in other groups (GraSP's products span orders of magnitude across depth).
+  """
+  out = {}
+  for g in groups:
+    r = np.asarray(removal[g.name], np.float64).reshape(-1)
+    r = r - r.mean()
+    scale = float(np.abs(np.asarray(dl_dm[g.name], np.float64)).mean())
+    out[g.name] = (r / max(np.abs(r).mean(), 1e-30) * scale).astype(np.float32)
+  return out
 
 
 def energy(loss: float, masks: Mapping[str, Any], s_hat: Mapping[str, Any], lam: float) -> float:
@@ -119,14 +151,37 @@ def flow(
   return _unflat(m, groups), energies
 
 
+def keep_per_group(groups: surgery.Groups, masks: Mapping[str, Any], keep_ratio: float,
+                   tie_break) -> Masks:  # fmt: skip
+  """Binary masks keeping the round(keep_ratio * size) (>= 1) highest of every whole group (ties
+  by `tie_break`, then by position); no per-unit count."""
+  out = {}
+  for g in groups:
+    m = np.asarray(masks[g.name], np.float64).reshape(-1)
+    q = int(min(g.size, max(1, np.floor(keep_ratio * g.size + 0.5))))
+    tb = np.zeros(g.size) if tie_break is None else np.asarray(tie_break[g.name]).reshape(-1)
+    order = np.lexsort((np.arange(g.size), -tb, -m))
+    keep = np.zeros(g.size, np.float32)
+    keep[order[:q]] = 1.0
+    out[g.name] = keep
+  return out
+
+
 def decay_nonkept(
-  groups: surgery.Groups, masks: Mapping[str, Any], keep_ratio: float, gamma: float, tie_break
-) -> tuple[Masks, Masks]:
-  """Keeps the top keep_ratio by mask value (per unit); multiplies the others by gamma.
+  groups: surgery.Groups, masks: Mapping[str, Any], keep_ratio: float, gamma: float, tie_break,
+  within: str = "group",
+) -> tuple[Masks, Masks]:  # fmt: skip
+  """Keeps the top keep_ratio by mask value (per whole group, or per GroupNorm unit with
+  within="unit"); multiplies the others by gamma.
 
   Returns (new soft masks, the binary keep set).
   """
-  keep = surgery.masks_from_scores(groups, masks, keep_ratio, tie_break=tie_break)
+  if within == "group":
+    keep = keep_per_group(groups, masks, keep_ratio, tie_break)
+  elif within == "unit":
+    keep = surgery.masks_from_scores(groups, masks, keep_ratio, tie_break=tie_break)
+  else:
+    raise ValueError(f"rank_within={within!r}; known: {', '.join(RANK_WITHIN)}")
   soft = {k: np.where(keep[k] > 0, masks[k], gamma * np.asarray(masks[k])) for k in keep}
   return {k: v.astype(np.float32) for k, v in soft.items()}, keep
 
@@ -181,23 +236,42 @@ def iterative(
   m = groups.ones() if masks is None else {k: np.asarray(v, np.float32) for k, v in masks.items()}
   history = []
   importance = None
+  previous = groups.ones() if start == 0 else None  # the keep set before iteration k
   for k in range(start + 1, cfg.iterations + 1):
     params = params_of(state)
     s_k = budget_sparsity(k, cfg.iterations, final, cfg.power)
     importance, info = score(criterion, params, m, k)
     batch = flow_batch(k)
     _, dl_dm = grad_fn(params, m, *batch)
-    scale = float(np.abs(_flat(jax.device_get(dl_dm), groups.names)).mean())
-    s_hat = normalized_removal(removal(criterion, importance), groups, scale)
+    dl_dm = jax.device_get(dl_dm)
+    if cfg.normalize == "group":
+      s_hat = normalized_removal_per_group(removal(criterion, importance), groups, dl_dm)
+    elif cfg.normalize == "all":
+      scale = float(np.abs(_flat(dl_dm, groups.names)).mean())
+      s_hat = normalized_removal(removal(criterion, importance), groups, scale)
+    else:
+      raise ValueError(f"normalize={cfg.normalize!r}; known: {', '.join(NORMALIZE)}")
     m, energies = flow(
       m, grad_fn, params, batch, s_hat, groups, lam=cfg.lam, eta=cfg.eta, n_flow=cfg.n_flow
     )
-    m, keep = decay_nonkept(groups, m, 1.0 - s_k, cfg.gamma, importance)
+    m, keep = decay_nonkept(groups, m, 1.0 - s_k, cfg.gamma, importance, within=cfg.rank_within)
     state = train(state, m, k)
-    mean_kept = float(np.mean(_flat(m, groups.names)[_flat(keep, groups.names) > 0]))
+    keep_vec = _flat(keep, groups.names) > 0
+    mean_kept = float(np.mean(_flat(m, groups.names)[keep_vec]))
+    if previous is not None:  # how the keep set moved: dropped from it, (re-)entered it
+      before = _flat(previous, groups.names) > 0
+      moved = {
+        "dropped": int(np.sum(before & ~keep_vec)),
+        "entered": int(np.sum(~before & keep_vec)),
+      }
+    else:
+      moved = {}
+    previous = keep
     row = {
       "iteration": k,
       "sparsity": s_k,
+      "kept": int(keep_vec.sum()),
+      **moved,
       "energy_start": energies[0],
       "energy_end": energies[-1],
       "mean_mask_kept": mean_kept,

@@ -2,8 +2,14 @@
 
 workdir/runs/keep<r>/<procedure>/<criterion>/seed<k>/ holds masks.npz (one-shot: scored once;
 iterative: after the soft-mask flow interleaved with training, checkpointed per iteration in
-iterative/, with iterative_params.npz), pruned_config.json, finetune/ (orbax checkpoints) and
-result.json, the run's row (a finished run is read back, not redone).
+iterative/, with iterative_params.npz), pruned_config.json, finetune/ (orbax checkpoints),
+convergence/step<s>.json (FD and SSIM at fine-tune step s), model/ (the pruned, fine-tuned U-Net:
+`export.save`, reloaded by `gradflow_prune.load`) and result.json, the run's row (a finished run
+is read back, not redone).
+
+Paired design: runs of one seed share their scoring batches (`score_batches(seed, k)`), the flow's
+batches, the fine-tuning data order and training noise (seed + 1, 10_000 + seed), and every run
+samples from the same evaluation noise (eval.seed), so arms differ only by how they prune.
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_prune import criteria, diffusion, inputs, plan, prune, surgery
+from gradflow_prune import criteria, diffusion, export, inputs, plan, prune, surgery
 from gradflow_prune.toolkit import Toolkit, toolkit
 from shared import data as data_lib
 from shared import stages, train_lib
-from shared.workdir import cached_result, load_params, read_state_dict, save_params, write_json
+from shared.workdir import (
+  cached_result,
+  load_params,
+  read_json,
+  read_state_dict,
+  save_params,
+  write_json,
+)
 
 
 def score_batches(config, train01, seed: int, k: int, sched):
@@ -54,6 +67,7 @@ def importance_fn(config, kit: Toolkit, groups, train01, seed):
       taylor_timesteps=timesteps,
       taylor_thr=pc.taylor_thr,
       grasp_batches=batches,
+      grasp_protocol=pc.grasp_protocol,
       seed=seed,
     )
 
@@ -150,25 +164,55 @@ def _iterative_masks(config, workdir, rdir, label, run, kit: Toolkit, t_params, 
   return masks, big_params, {"flow": history}
 
 
-def _finetune(config, workdir, rdir, label, seed, kit: Toolkit, params, num_steps, train01):
-  """`num_steps` denoising steps of the pruned U-Net; the params to evaluate (EMA when kept)."""
+def _evaluated(state):
+  return state.ema_params if state.ema_params is not None else state.params
+
+
+def _finetune(config, workdir, rdir, label, seed, kit: Toolkit, params, num_steps, train01,
+              evaluator, points):  # fmt: skip
+  """`num_steps` denoising steps of the pruned U-Net, stopping at each of `points` (< num_steps)
+  for FD and SSIM (cached per point); (the params to evaluate (EMA when kept), the curve)."""
   pc = config.prune
   state, step = kit.make_state(params, pc.optimizer, num_steps, jax.random.PRNGKey(10_000 + seed))
-  state = stages.run_stage(
-    state=state,
-    step_fn=step,
-    batches=inputs.train_batches(config, train01, pc.batch_size, seed + 1, workdir),
-    num_steps=num_steps,
-    data_sharding=kit.data_sharding,
-    checkpoint_dir=os.path.join(rdir, "finetune"),
-    log_dir=workdir,
-    stage=f"{label}/finetune",
-    checkpoint_every=config.run.checkpoint_every,
-    keep=1,
-    log_every=config.run.log_every,
-    progress=config.run.progress,
-  )
-  return state.ema_params if state.ema_params is not None else state.params
+  batches = inputs.train_batches(config, train01, pc.batch_size, seed + 1, workdir)
+  curve = []
+  for target in points:
+    path = os.path.join(rdir, "convergence", f"step{target}.json")
+    if target < num_steps and read_json(path) is not None:
+      curve.append(read_json(path))
+      continue
+    if target > 0:
+      state = stages.run_stage(
+        state=state,
+        step_fn=step,
+        batches=batches,
+        num_steps=target,
+        data_sharding=kit.data_sharding,
+        checkpoint_dir=os.path.join(rdir, "finetune"),
+        log_dir=workdir,
+        stage=f"{label}/finetune",
+        checkpoint_every=config.run.checkpoint_every,
+        keep=1,
+        log_every=config.run.log_every,
+        progress=config.run.progress,
+      )
+    if target < num_steps:
+      point = lambda: {"finetune_step": target, **evaluator.quality(kit, _evaluated(state))}
+      curve.append(cached_result(path, point))
+      logging.info("%s: fine-tune step %d FD %.4g SSIM %.4g", label, target, curve[-1]["fd"],
+                   curve[-1]["ssim"])  # fmt: skip
+  return _evaluated(state), curve
+
+
+def _export(config, rdir, small_cfg, small_params, run, row) -> str:
+  directory = os.path.join(rdir, "model")
+  ec = config.eval
+  export.save(
+    directory, small_cfg, small_params, schedule=config.diffusion.to_dict(),
+    sampler=dict(ddim_steps=ec.ddim_steps, skip=ec.skip, eta=ec.eta, clip_x0=ec.clip_x0),
+    extra={**run, "fd": row["fd"], "ssim": row["ssim"], "features": row.get("features", "")},
+  )  # fmt: skip
+  return directory
 
 
 def run_one(config, workdir, *, criterion, procedure, seed, keep_ratio, teacher, data, mesh,
@@ -186,23 +230,21 @@ def run_one(config, workdir, *, criterion, procedure, seed, keep_ratio, teacher,
     big = toolkit(t_cfg, config, mesh)
     groups = surgery.channel_groups(t_cfg)
     score = importance_fn(config, big, groups, data["train"], seed)
+    interleaved, finetune_steps = plan.finetune_steps(config, procedure)
     if procedure == "oneshot":
-      interleaved, big_params = 0, t_params
+      big_params = t_params
       masks, info = _oneshot_masks(rdir, criterion, keep_ratio, t_params, groups, score)
     else:
-      fc = plan.flow_config(config, procedure)
-      interleaved = fc.iterations * fc.n_train
       masks, big_params, info = _iterative_masks(
         config, workdir, rdir, label, run, big, t_params, groups, score, data["train"], mesh
       )
     small_cfg, small_params = surgery.apply_masks(t_cfg, big_params, masks)
     write_json(os.path.join(rdir, "pruned_config.json"), small_cfg)
-    finetune_steps = config.prune.total_steps - interleaved
     small = toolkit(small_cfg, config, mesh)
-    if finetune_steps > 0:
-      small_params = _finetune(
-        config, workdir, rdir, label, seed, small, small_params, finetune_steps, data["train"]
-      )
+    small_params, curve = _finetune(
+      config, workdir, rdir, label, seed, small, small_params, finetune_steps, data["train"],
+      evaluator, plan.convergence_points(config, finetune_steps),
+    )  # fmt: skip
     name = f"keep{keep_ratio:g}_{procedure}_{criterion}_seed{seed}"
     row = {
       "label": label,
@@ -210,9 +252,15 @@ def run_one(config, workdir, *, criterion, procedure, seed, keep_ratio, teacher,
       **evaluator.evaluate(small, small_params, name),
       "interleaved_steps": interleaved,
       "finetune_steps": finetune_steps,
-      "wall_s": round(time.time() - start, 1),
-      "info": info,
     }
+    last = {"finetune_step": finetune_steps, "fd": row["fd"], "ssim": row["ssim"]}
+    row["convergence"] = [
+      {**p, "train_steps": interleaved + p["finetune_step"]} for p in [*curve, last]
+    ]
+    row["model_dir"] = os.path.relpath(_export(config, rdir, small_cfg, small_params, run, row),
+                                       workdir)  # fmt: skip
+    row["wall_s"] = round(time.time() - start, 1)
+    row["info"] = info
     logging.info(
       "run %d/%d %s: FD %.3f  SSIM %.3f  params %d  MACs %.3gM  latency %.3fs  (%.0fs)",
       index, total, label, row["fd"], row["ssim"], row["params"], row["macs"] / 1e6,

@@ -4,44 +4,122 @@
 
 For runs of one config split over processes or machines (e.g. one seed per process, each in its
 own workdir): their rows become one mean ± std table per keep ratio x procedure x criterion, and
-the paper's claim is checked on the pooled means. Everything printed comes from the runs'
+the paper's claim is checked on the pooled means and on the paired differences per seed with
+bootstrap intervals (`stats.paired_bootstrap`). Everything printed comes from the runs'
 `results.json`. Each run's FD uses its own feature classifier, so the teachers' FDs are listed.
+A missing, foreign or corrupt run folder: one line `error: ...`, exit code 2.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import numpy as np
 
-from gradflow_prune import evaluate
+from gradflow_prune import evaluate, stats
+from shared.errors import CheckpointError, UserError
 from shared.report import mean_std_table
+from shared.workdir import read_json
 
 COLUMNS = ["fd", "ssim", "params", "macs", "latency_s"]
 GROUP = ["keep_ratio", "procedure", "criterion"]
 
 
-def summarize(rows, teacher_row) -> dict:
-  """Per keep ratio x procedure x criterion: means of COLUMNS, std of FD and SSIM, n, speedup."""
+def arm(row) -> str:
+  return f"keep{row['keep_ratio']:g}/{row['procedure']}/{row['criterion']}"
+
+
+def by_arm(rows) -> dict[str, list[dict]]:
   out = {}
   for r in rows:
-    out.setdefault(f"keep{r['keep_ratio']:g}/{r['procedure']}/{r['criterion']}", []).append(r)
+    out.setdefault(arm(r), []).append(r)
+  return out
+
+
+def mean_curve(rows) -> dict[str, dict]:
+  """Fine-tune step -> mean FD, SSIM (and n) over the rows' `convergence` points."""
+  points = {}
+  for r in rows:
+    for p in r.get("convergence", ()):
+      points.setdefault(int(p["finetune_step"]), []).append(p)
+  return {
+    str(step): {
+      "fd": float(np.mean([p["fd"] for p in ps])),
+      "ssim": float(np.mean([p["ssim"] for p in ps])),
+      "train_steps": int(ps[0].get("train_steps", step)),
+      "n": len(ps),
+    }
+    for step, ps in sorted(points.items())
+  }
+
+
+def convergence(rows) -> dict[str, dict]:
+  """results.json `convergence`: per run label, fine-tune step -> {fd, ssim, train_steps}."""
+  return {
+    r["label"]: {
+      str(p["finetune_step"]): {k: p[k] for k in ("fd", "ssim", "train_steps") if k in p}
+      for p in r.get("convergence", ())
+    }
+    for r in rows
+    if "label" in r
+  }
+
+
+def summarize(rows, teacher_row) -> dict:
+  """Per keep ratio x procedure x criterion: means of COLUMNS, std of FD and SSIM, n, speedup,
+  and the mean convergence curve."""
   return {
     name: {
       **{k: float(np.mean([r[k] for r in rs])) for k in COLUMNS},
       **{f"{k}_std": float(np.std([r[k] for r in rs])) for k in ("fd", "ssim")},
       "n": len(rs),
       "speedup": teacher_row["latency_s"] / float(np.mean([r["latency_s"] for r in rs])),
+      **({"convergence": mean_curve(rs)} if any("convergence" in r for r in rs) else {}),
     }
-    for name, rs in out.items()
+    for name, rs in by_arm(rows).items()
   }
 
 
-def claim(summary: dict, keep_ratios) -> dict:
+# (challenger, baseline): the paper's claim first, then iterative Taylor (the procedure alone).
+COMPARISONS = (("iterative/grasp", "oneshot/taylor"), ("iterative/taylor", "oneshot/taylor"))
+
+
+def paired(rows, ours: str, base: str) -> dict | None:
+  """Paired (per seed) differences ours - base of FD and SSIM, with bootstrap 95% intervals, at
+  the end of fine-tuning and at every convergence step both arms have."""
+  arms = by_arm(rows)
+  if ours not in arms or base not in arms:
+    return None
+  out = {}
+  for key, better in (("fd", "lower"), ("ssim", "higher")):
+    a, b, seeds = stats.pair_by_seed(arms[ours], arms[base], key)
+    if not seeds:
+      return None
+    ci = stats.paired_bootstrap(a, b)
+    out[key] = {**ci, "seeds": seeds, "verdict": stats.verdict(ci, better)}
+  curves = {}
+  steps = lambda rs: [{int(p["finetune_step"]) for p in r.get("convergence", ())} for r in rs]
+  common = set.intersection(*steps(arms[ours]), *steps(arms[base])) if arms[ours] else set()
+  for step in sorted(common):
+    at = lambda rs: [
+      {"seed": r["seed"], **next(p for p in r["convergence"] if p["finetune_step"] == step)}
+      for r in rs
+    ]
+    point = {}
+    for key in ("fd", "ssim"):
+      a, b, _ = stats.pair_by_seed(at(arms[ours]), at(arms[base]), key)
+      point[key] = stats.paired_bootstrap(a, b)
+    curves[str(step)] = point
+  if curves:
+    out["convergence"] = curves
+  return out
+
+
+def claim(summary: dict, keep_ratios, rows=()) -> dict:
   """The paper's claim at each keep ratio: iterative gradient-flow (grasp) pruning has lower FD and
-  higher SSIM to the teacher than one-shot Taylor (Diff-Pruning), at equal MACs and steps."""
+  higher SSIM to the teacher than one-shot Taylor (Diff-Pruning), at equal MACs and steps; with
+  `rows`, also the paired differences (per seed) with bootstrap intervals and their verdicts."""
   out = {}
   for keep in keep_ratios:
     ours = summary.get(f"keep{keep:g}/iterative/grasp")
@@ -55,26 +133,84 @@ def claim(summary: dict, keep_ratios) -> dict:
         "lower_fd": bool(ours["fd"] < base["fd"]),
         "higher_ssim": bool(ours["ssim"] > base["ssim"]),
       }
+      for challenger, baseline in COMPARISONS:
+        diff = paired(rows, f"keep{keep:g}/{challenger}", f"keep{keep:g}/{baseline}")
+        if diff:
+          name = f"paired_{challenger.replace('/', '_')}_minus_{baseline.replace('/', '_')}"
+          out[f"keep{keep:g}"][name] = diff
   return out
 
 
-def write_summary(workdir: str, rows, teacher_row: dict, data_fd: float, features: str) -> None:
-  """fd_vs_macs.png and summary.md (the mean +- std table) in `workdir` (process 0)."""
+def _ci(c: dict) -> str:
+  return f"{c['mean']:+.4g} [{c['lo']:+.4g}, {c['hi']:+.4g}]"
+
+
+def claim_lines(claims: dict) -> list[str]:
+  """The claim check in words: pooled means, then each paired difference with its interval."""
+  out = []
+  for keep, c in claims.items():
+    out.append(
+      f"Claim at {keep} (pooled means): iterative grasp FD {c['fd_iterative_grasp']:.4g} vs "
+      f"one-shot Taylor {c['fd_oneshot_taylor']:.4g} (lower FD: {c['lower_fd']}); SSIM "
+      f"{c['ssim_iterative_grasp']:.4g} vs {c['ssim_oneshot_taylor']:.4g} (higher SSIM: "
+      f"{c['higher_ssim']})."
+    )
+    for name, d in c.items():
+      if not name.startswith("paired_"):
+        continue
+      what = name[len("paired_") :].replace("_minus_", " - ").replace("_", " ")
+      out.append(
+        f"  {what}, paired over seeds {d['fd']['seeds']} (mean [95% bootstrap CI]): FD "
+        f"{_ci(d['fd'])} ({d['fd']['verdict']}), SSIM {_ci(d['ssim'])} ({d['ssim']['verdict']})."
+      )
+  return out
+
+
+def write_summary(workdir: str, rows, teacher_row: dict, data_fd: float, features: str,
+                  claims: dict | None = None) -> None:  # fmt: skip
+  """fd_vs_macs.png, convergence.png and summary.md (the mean +- std table and the claim) in
+  `workdir` (process 0)."""
   evaluate.plot_fd_vs_macs(rows, os.path.join(workdir, "fd_vs_macs.png"), teacher=teacher_row)
+  curves = {name: mean_curve(rs) for name, rs in by_arm(rows).items()}
+  evaluate.plot_convergence(curves, os.path.join(workdir, "convergence.png"), teacher=teacher_row)
+  lines = "\n".join(claim_lines(claims or {}))
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(
       f"Teacher: FD {teacher_row['fd']:.4g}, params {teacher_row['params']}, MACs "
       f"{teacher_row['macs']:.4g}, latency {teacher_row['latency_s']:.4g} s. "
       f"Data floor FD {data_fd:.4g} ({features}).\n\n{mean_std_table(rows, GROUP, COLUMNS)}\n"
+      f"\n{lines}\n"
     )
 
 
+class ReportError(UserError):
+  """A run folder that cannot be reported: missing, foreign (another method) or unfinished."""
+
+
+ROW_KEYS = ("keep_ratio", "procedure", "criterion", "seed", *COLUMNS)
+
+
 def _load(workdir: str) -> dict:
+  """A gradflow_prune run's results.json, checked (ReportError / CheckpointError otherwise)."""
+  if not os.path.isdir(workdir):
+    raise ReportError(f"{workdir}: no such run folder")
   path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    raise SystemExit(f"error: no results.json in {workdir} (the run has not finished)")
-  with open(path) as f:
-    return json.load(f)
+  run = read_json(path)  # CheckpointError (a UserError) when it is not valid JSON
+  if run is None:
+    raise ReportError(f"no results.json in {workdir} (the run has not finished)")
+  if not isinstance(run, dict) or run.get("method", "gradflow_prune") != "gradflow_prune":
+    method = run.get("method") if isinstance(run, dict) else type(run).__name__
+    raise ReportError(f"{path} is a {method!r} run, not gradflow_prune")
+  m = run.get("metrics")
+  rows = m.get("rows") if isinstance(m, dict) else None
+  if not isinstance(rows, list) or "teacher" not in m:
+    raise ReportError(f"{path} has no gradflow_prune metrics (rows, teacher); a --config.stage="
+                      "pretrain run, or not this method's")  # fmt: skip
+  for r in rows:
+    missing = [k for k in ROW_KEYS if not isinstance(r, dict) or k not in r]
+    if missing:
+      raise CheckpointError(f"{path}: a row lacks {', '.join(missing)} (corrupt or foreign)")
+  return run
 
 
 def render(*workdirs: str) -> str:
@@ -82,7 +218,7 @@ def render(*workdirs: str) -> str:
   rows = [r for run in runs for r in run["metrics"]["rows"]]
   keys = [(r["keep_ratio"], r["procedure"], r["criterion"], r["seed"]) for r in rows]
   if len(set(keys)) != len(keys):
-    raise SystemExit(f"error: runs {workdirs} repeat a (keep, procedure, criterion, seed)")
+    raise ReportError(f"runs {', '.join(workdirs)} repeat a (keep, procedure, criterion, seed)")
   out = []
   for w, run in zip(workdirs, runs, strict=True):
     m, dev = run["metrics"], run.get("devices", {})
@@ -96,13 +232,7 @@ def render(*workdirs: str) -> str:
   out += ["", mean_std_table(rows, GROUP, COLUMNS), ""]
   summary = summarize(rows, runs[0]["metrics"]["teacher"])
   keeps = sorted({r["keep_ratio"] for r in rows}, reverse=True)
-  for keep, c in claim(summary, keeps).items():
-    out.append(
-      f"Claim at {keep} (pooled means): iterative grasp FD {c['fd_iterative_grasp']:.4g} vs "
-      f"one-shot Taylor {c['fd_oneshot_taylor']:.4g} (lower FD: {c['lower_fd']}); SSIM "
-      f"{c['ssim_iterative_grasp']:.4g} vs {c['ssim_oneshot_taylor']:.4g} (higher SSIM: "
-      f"{c['higher_ssim']})."
-    )
+  out += claim_lines(claim(summary, keeps, rows))
   return "\n".join(out) + "\n"
 
 
@@ -111,7 +241,12 @@ def main(argv=None) -> int:
   if not argv:
     print(__doc__.strip().splitlines()[0], file=sys.stderr)
     return 2
-  print(render(*argv), end="")
+  try:
+    text = render(*argv)
+  except UserError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  print(text, end="")
   return 0
 
 

@@ -27,6 +27,7 @@ class Toolkit:
   def __init__(self, model_config: dict, sched, config, mesh):
     self.config_dict = model_config
     self.model = unet.from_config_dict(model_config, train_lib.compute_dtype(config.run.dtype))
+    self.score_dtype = score_dtype(config)
     self.sched = sched
     self.mesh = mesh
     self.data_sharding = train_lib.batch_sharding(mesh)
@@ -49,8 +50,11 @@ class Toolkit:
 
   @property
   def scorer(self) -> criteria.Scorer:
+    """Criteria and the soft-mask flow, computed in `prune.score_dtype` (float32 by default,
+    whatever the training dtype: bf16's ~0.004 resolution near 1 would swallow Euler steps)."""
     if self._scorer is None:
-      self._scorer = criteria.Scorer(self.model, self.sched)
+      model = unet.from_config_dict(self.config_dict, train_lib.compute_dtype(self.score_dtype))
+      self._scorer = criteria.Scorer(model, self.sched)
     return self._scorer
 
   def trainer(self, opt_cfg, num_steps: int, masked: bool):
@@ -94,6 +98,12 @@ class Toolkit:
     return state, steps["step"]
 
 
+def score_dtype(config) -> str:
+  """The dtype of scoring and of the flow: `prune.score_dtype`, or the run's for "run"."""
+  name = config.prune.get("score_dtype", "run")
+  return config.run.dtype if name == "run" else name
+
+
 def _mesh_key(mesh) -> dict:
   return {"shape": dict(mesh.shape), "devices": [int(d.id) for d in mesh.devices.flat]}
 
@@ -102,8 +112,8 @@ def toolkit(model_config: dict, config, mesh) -> Toolkit:
   """The `Toolkit` of this U-Net config, built once per process for these settings."""
   sched = schedule(config)
   key = stages.stage_key(
-    "gradflow_prune.Toolkit", model_config, config.run.dtype, config.eval, config.diffusion,
-    _mesh_key(mesh),
+    "gradflow_prune.Toolkit", model_config, config.run.dtype, score_dtype(config), config.eval,
+    config.diffusion, _mesh_key(mesh),
   )  # fmt: skip
   return stages.compiled(key, lambda: Toolkit(model_config, sched, config, mesh))
 

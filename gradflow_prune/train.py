@@ -10,7 +10,9 @@ Stages, each resumable (re-running the command continues where it stopped):
                (workdir/eval/).
   3. runs      `pruning_run.py`, for seed x procedure x criterion (`plan.py`):
                workdir/runs/keep<r>/<procedure>/<criterion>/seed<k>/ -> result.json.
-  4. summary   `report.py`: rows, mean +- std table (summary.md), the claim, FD-vs-MACs plot.
+  4. summary   `report.py`: rows, mean +- std table (summary.md), the claim (pooled means and
+               paired bootstrap intervals), convergence curves (FD, SSIM per fine-tune step;
+               results.json `convergence`, convergence.png), FD-vs-MACs plot.
 """
 
 from __future__ import annotations
@@ -84,12 +86,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return metrics
 
   rows = _prune_all(config, workdir, runs, dense, data, mesh, evaluator)
+  rows = [{k: v for k, v in r.items() if k != "info"} for r in rows]
   summary = report.summarize(rows, teacher_row)
+  claim = report.claim(summary, config.prune.keep_ratios, rows)
   if jax.process_index() == 0:
     features = evaluator.extractor.name
-    report.write_summary(workdir, rows, teacher_row, evaluator.data_fd, features)
+    report.write_summary(workdir, rows, teacher_row, evaluator.data_fd, features, claim)
   metrics["summary"] = summary
-  metrics["claim"] = report.claim(summary, config.prune.keep_ratios)
-  metrics["rows"] = [{k: v for k, v in r.items() if k != "info"} for r in rows]
+  metrics["claim"] = claim
+  metrics["convergence"] = report.convergence(rows)
+  metrics["rows"] = rows
   metrics["teacher_source"] = t_meta.get("source", "")
   return metrics

@@ -110,6 +110,23 @@ def test_every_criterion_scores_every_channel(setup):
   assert not np.allclose(out["grasp"]["conv_in.out"], out["taylor"]["conv_in.out"])
 
 
+def test_grasp_sweep_scores_the_loss_taylor_scores(setup):
+  """grasp_protocol="sweep": the same timesteps and stop as taylor; on one timestep it equals the
+  one-batch GraSP term -theta * (H g) at that t (the old protocol's program)."""
+  s = setup
+  groups, ones = s["groups"], s["groups"].ones()
+  x0, _, noise = s["batch"]
+  ts = [0, 200, 400, 600, 800]
+  _, t_info = s["scorer"].taylor(groups, s["params"], ones, x0, noise, ts, 1.0)
+  _, g_info = s["scorer"].grasp_sweep_removal(groups, s["params"], ones, x0, noise, ts, 1.0)
+  assert g_info == t_info
+  one, _ = s["scorer"].grasp_sweep_removal(groups, s["params"], ones, x0, noise, [400], 0.0)
+  t_B = jnp.full((x0.shape[0],), 400, jnp.int32)
+  want = s["scorer"].grasp_removal(groups, s["params"], ones, [(x0, t_B, noise)])
+  for name in groups.names:
+    np.testing.assert_allclose(one[name], want[name], rtol=2e-3, atol=1e-7)
+
+
 def test_taylor_stops_at_the_loss_threshold(setup):
   s = setup
   x0, _, noise = s["batch"]
@@ -154,10 +171,15 @@ def test_soft_mask_flow_descends_the_energy(setup):
   assert np.corrcoef(m[flat > 0], flat[flat > 0])[0, 1] < -0.95  # pushed down in proportion
 
 
-def test_iterative_follows_the_sparsity_schedule(setup):
+@pytest.mark.parametrize("rank_within", ["group", "unit"])
+def test_iterative_follows_the_sparsity_schedule(setup, rank_within):
+  """Keep counts per iteration follow the cubic schedule, rounded per whole group (the default
+  since issue 16) or per GroupNorm unit (the earlier behaviour); hardening is per unit."""
   s = setup
   groups, keep_ratio = s["groups"], 0.5
-  cfg = prune.FlowConfig(iterations=4, n_flow=1, eta=0.05, lam=1.0, gamma=0.5, n_train=1)
+  cfg = prune.FlowConfig(
+    iterations=4, n_flow=1, eta=0.05, lam=1.0, gamma=0.5, n_train=1, rank_within=rank_within
+  )
   sparsities = [prune.budget_sparsity(k, 4, 1 - keep_ratio, 3.0) for k in range(0, 5)]
   assert sparsities[0] == 0 and np.isclose(sparsities[-1], 1 - keep_ratio)
   assert all(b > a for a, b in zip(sparsities, sparsities[1:], strict=False))
@@ -176,10 +198,11 @@ def test_iterative_follows_the_sparsity_schedule(setup):
     flow_batch=lambda k: s["batch"], train=train_stub, keep_ratio=keep_ratio, cfg=cfg,
   )  # fmt: skip
   assert trained == [1, 2, 3, 4] and [h["sparsity"] for h in history] == sparsities[1:]
-  budget = [
-    sum(groups.keep_per_unit(g.name, 1 - sp) * g.size // g.unit for g in groups)
-    for sp in sparsities[1:]
-  ]
+  if rank_within == "unit":
+    per_group = lambda g, keep: groups.keep_per_unit(g.name, keep) * g.size // g.unit
+  else:
+    per_group = lambda g, keep: int(min(g.size, max(1, np.floor(keep * g.size + 0.5))))
+  budget = [sum(per_group(g, 1 - sp) for g in groups) for sp in sparsities[1:]]
   assert kept_counts == budget and all(b <= a for a, b in zip(budget, budget[1:], strict=False))
   # The soft decay leaves the non-kept at gamma^j > 0 until hardening.
   assert all(h["mean_mask"] < 1 for h in history)
@@ -343,7 +366,7 @@ def test_report_pools_runs_of_distinct_seeds(tmp_path):
   text = report.render(*dirs)
   assert "| 0.7 | oneshot | taylor | 2 | 3.0 ± 1.4 |" in text  # sample std
   assert "iterative grasp FD 1.5 vs one-shot Taylor 3 (lower FD: True)" in text
-  with pytest.raises(SystemExit, match="repeat"):
+  with pytest.raises(report.ReportError, match="repeat"):
     report.render(dirs[0], dirs[0])
 
 
@@ -376,13 +399,31 @@ def test_tiny_end_to_end_via_the_cli(tmp_path):
     (tmp_path / "runs/keep0.7/iterative/grasp/seed0/pruned_config.json").read_text()
   )
   assert pruned_cfg["widths"] and unet.from_config_dict(pruned_cfg)
+  # Convergence curves (fine-tune step -> FD, SSIM): tiny's steps 0 and 10, and each run's last.
+  curves = m["convergence"]
+  assert set(curves) == {r["label"] for r in rows}
+  for r in rows:
+    steps = sorted(int(s) for s in curves[r["label"]])
+    assert steps == sorted({0, 10, r["finetune_steps"]}), (r["label"], steps)
+    last = curves[r["label"]][str(r["finetune_steps"])]
+    assert (last["fd"], last["ssim"]) == (r["fd"], r["ssim"])
+    assert last["train_steps"] == r["interleaved_steps"] + r["finetune_steps"]
+  assert "convergence" in m["summary"]["keep0.7/iterative/grasp"]
+  paired = claim["paired_iterative_grasp_minus_oneshot_taylor"]
+  assert paired["fd"]["seeds"] == [0] and set(paired["convergence"]) >= {"0", "10"}
+  assert (tmp_path / "convergence.png").exists()
+  # The exported pruned, fine-tuned model reloads with the evaluated widths.
+  from gradflow_prune import export
+
+  model = export.load(str(tmp_path / rows[0]["model_dir"]))
+  assert unet.num_params(model.params) == rows[0]["params"]
   # Re-running resumes: every stage is cached, the metrics are the same.
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((tmp_path / "results.json").read_text())["metrics"]["rows"] == rows
 
 
-@pytest.mark.parametrize("variant", [None, "tiny", "compare", "paper"])
+@pytest.mark.parametrize("variant", [None, "tiny", "compare", "paper", "cifar"])
 def test_configs_are_consistent(variant):
   from configs import gradflow_prune as cfg_file
 
@@ -394,7 +435,7 @@ def test_configs_are_consistent(variant):
       fc = plan.flow_config(config, procedure)  # raises when the budget is exceeded
       assert fc.iterations * fc.n_train <= config.prune.total_steps
   assert config.eval.num_samples % config.eval.batch_size == 0
-  shape = {"tiny": (8, 8, 1), "paper": (32, 32, 3)}.get(variant, (32, 32, 1))
+  shape = {"tiny": (8, 8, 1), "paper": (32, 32, 3), "cifar": (32, 32, 3)}.get(variant, (32, 32, 1))
   model_config = toolkit.unet_config(config, shape)
   if variant == "paper":  # its MACs are checked in test_surgery (Diff-Pruning's 6.1G -> 3.4G)
     assert unet.num_params(unet.abstract_params(unet.from_config_dict(model_config))) == 35_746_307

@@ -1,0 +1,161 @@
+"""A pruned U-Net as a reusable folder, and one call that reloads it for sampling.
+
+    model = gradflow_prune.load("runs/x/runs/keep0.7/iterative/grasp/seed0/model")
+    images01 = model.sample(jax.random.normal(key, (16, *model.image_shape)))
+
+The folder (`save`) holds `model.safetensors` (flat 'a/b/kernel' float32 tensors) and `unet.json`:
+the U-Net config (`shared.models.unet` config dict, `widths` included), the channel count of
+every channel group (`channels`), the noise schedule and the DDIM sampler settings it was
+evaluated with. `load` rebuilds the network from the JSON and refuses tensors that disagree with
+it (`ExportError`, a `CheckpointError`: one line, exit 2 at the command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from gradflow_prune import diffusion, surgery
+from shared import workdir
+from shared.errors import CheckpointError
+from shared.models import unet
+
+WEIGHTS, META = "model.safetensors", "unet.json"
+FORMAT = "gradflow_prune.pruned_unet/1"
+
+
+class ExportError(CheckpointError):
+  """An exported model folder that is missing, foreign, or whose JSON and tensors disagree."""
+
+
+def save(directory: str, model_config: dict, params, *, schedule: dict, sampler: dict,
+         extra: dict | None = None) -> None:  # fmt: skip
+  """Writes `directory`/model.safetensors + unet.json (process 0, each file atomically).
+
+  Args:
+    model_config: the (pruned) U-Net config dict the params belong to.
+    params: its parameters.
+    schedule: `diffusion.linear_schedule` arguments (num_timesteps, beta_start, beta_end).
+    sampler: DDIM settings (ddim_steps, skip, eta, clip_x0).
+    extra: provenance (keep ratio, procedure, criterion, seed, metrics...).
+  """
+  from safetensors.numpy import save_file  # noqa: PLC0415
+
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()}
+  groups = surgery.channel_groups(model_config)
+  meta = {
+    "format": FORMAT,
+    "unet": model_config,
+    "channels": {g.name: g.size for g in groups},
+    "params": int(sum(v.size for v in tensors.values())),
+    "schedule": dict(schedule),
+    "sampler": dict(sampler),
+    **({"provenance": extra} if extra else {}),
+  }
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{WEIGHTS}.tmp")
+    save_file(tensors, tmp)
+    os.replace(tmp, os.path.join(directory, WEIGHTS))
+  workdir.write_json(os.path.join(directory, META), meta)
+
+
+@dataclasses.dataclass
+class PrunedUNet:
+  """A reloaded U-Net: its config, params, flax module and jitted eps / DDIM sampler."""
+
+  config: dict[str, Any]
+  params: Any
+  meta: dict[str, Any]
+
+  def __post_init__(self):
+    self.model = unet.from_config_dict(self.config)
+    s = self.meta["schedule"]
+    self.schedule = diffusion.linear_schedule(s["num_timesteps"], s["beta_start"], s["beta_end"])
+    self._eps = jax.jit(lambda p, x, t: self.model.apply({"params": p}, x, t))
+    self._samplers = {}
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.model.resolution, self.model.resolution, self.model.in_channels)
+
+  def eps(self, x_BxHxWxC, t_B):
+    """The network's noise prediction."""
+    return self._eps(self.params, x_BxHxWxC, t_B)
+
+  def sample(self, x_T, ddim_steps: int | None = None, skip: str | None = None,
+             eta: float | None = None, clip_x0: bool | None = None, rng=None):  # fmt: skip
+    """DDIM samples in [0, 1] from the initial noise `x_T` (defaults: the settings it was
+    evaluated with, in unet.json)."""
+    cfg = self.meta["sampler"]
+    steps = int(cfg["ddim_steps"] if ddim_steps is None else ddim_steps)
+    skip = cfg["skip"] if skip is None else skip
+    eta = float(cfg["eta"] if eta is None else eta)
+    clip = bool(cfg["clip_x0"] if clip_x0 is None else clip_x0)
+    key = (steps, skip, eta, clip)
+    if key not in self._samplers:
+      ts = diffusion.ddim_timesteps(self.schedule.num_timesteps, steps, skip)
+
+      def run(params, x_T, rng):
+        eps_fn = lambda x, t: self.model.apply({"params": params}, x, t)
+        x0 = diffusion.ddim_sample(eps_fn, self.schedule, x_T, ts, eta=eta, rng=rng, clip_x0=clip)
+        return diffusion.to_unit_range(x0)
+
+      self._samplers[key] = jax.jit(run)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    return self._samplers[key](self.params, x_T, rng)
+
+
+def load(directory: str) -> PrunedUNet:
+  """The model `save` wrote, ready to sample.
+
+  Raises:
+    ExportError: no such folder or files, a foreign unet.json, or tensors whose names or shapes
+      disagree with its config and channel counts.
+  """
+  from safetensors import SafetensorError  # noqa: PLC0415
+  from safetensors.numpy import load_file  # noqa: PLC0415
+
+  meta_path, weights_path = os.path.join(directory, META), os.path.join(directory, WEIGHTS)
+  if not (os.path.isfile(meta_path) and os.path.isfile(weights_path)):
+    raise ExportError(f"{directory} holds no exported U-Net ({META} + {WEIGHTS})")
+  try:
+    meta = workdir.read_json(meta_path)
+  except CheckpointError as e:
+    raise ExportError(str(e)) from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise ExportError(f"{meta_path} is not a gradflow_prune export (format != {FORMAT!r})")
+  try:
+    model = unet.from_config_dict(meta["unet"])
+    groups = surgery.channel_groups(model)
+    abstract = traverse_util.flatten_dict(unet.abstract_params(model), sep="/")
+  except Exception as e:  # a hand-edited or foreign config: say which file
+    raise ExportError(f"{meta_path}: its U-Net config is invalid: {e}") from None
+  channels = {g.name: g.size for g in groups}
+  if meta.get("channels") != channels:
+    bad = sorted(k for k in set(channels) | set(meta.get("channels") or {})
+                 if channels.get(k) != (meta.get("channels") or {}).get(k))  # fmt: skip
+    raise ExportError(
+      f"{meta_path}: channel counts disagree with its U-Net config at {', '.join(bad[:3])}"
+    )
+  try:
+    tensors = load_file(weights_path)
+  except (SafetensorError, OSError) as e:
+    raise ExportError(f"cannot read {weights_path}: {e}") from None
+  want = {k: tuple(v.shape) for k, v in abstract.items()}
+  got = {k: tuple(v.shape) for k, v in tensors.items()}
+  if want != got:
+    names = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    k = names[0]
+    raise ExportError(
+      f"{weights_path} disagrees with {META}: {k} is {got.get(k, 'missing')}, the config says "
+      f"{want.get(k, 'no such tensor')} ({len(names)} tensor(s) differ)"
+    )
+  params = traverse_util.unflatten_dict(tensors, sep="/")
+  return PrunedUNet(meta["unet"], jax.tree.map(jax.numpy.asarray, params), meta)

@@ -1,0 +1,54 @@
+"""Samples from an exported pruned U-Net: `python -m gradflow_prune.sample MODEL_DIR OUT.png`.
+
+    python -m gradflow_prune.sample runs/gp/runs/keep0.7/iterative/grasp/seed0/model grid.png \
+        [--num 64] [--seed 0] [--ddim_steps 100] [--npz samples.npz]
+
+Any problem with the folder or the arguments: one line `error: ...` on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shared.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _args(argv):
+  p = argparse.ArgumentParser(prog="python -m gradflow_prune.sample", description=__doc__)
+  p.add_argument("model_dir", help="a run's model/ folder (model.safetensors + unet.json)")
+  p.add_argument("out", help="PNG grid to write")
+  p.add_argument("--num", type=int, default=64, help="number of samples")
+  p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+  p.add_argument("--ddim_steps", type=int, default=None, help="default: as evaluated")
+  p.add_argument("--npz", default="", help="also save the samples ([0, 1], NHWC) here")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = _args(sys.argv[1:] if argv is None else argv)
+  try:
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from gradflow_prune import evaluate, export  # noqa: PLC0415
+
+    if args.num < 1:
+      raise UserError(f"--num must be >= 1, got {args.num}")
+    model = export.load(args.model_dir)
+    x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *model.image_shape))
+    images = np.asarray(model.sample(x_T, ddim_steps=args.ddim_steps))
+    evaluate.save_grid(images, args.out, title=args.model_dir)
+    if args.npz:
+      np.savez(args.npz, samples=images)
+  except UserError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return EXIT_USER_ERROR
+  print(f"wrote {args.out} ({args.num} samples)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
