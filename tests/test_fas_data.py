@@ -182,3 +182,51 @@ def test_json_missing_list_and_unreadable_image(tmp_path):
   (tmp_path / "msu" / "test_label.json").write_text('{"photo_path": "x"}')
   with pytest.raises(DataError, match="JSON list"):
     data.load("fas_json", "test", root=str(tmp_path), domains=("msu",), image_size=8)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute"])
+def test_json_paths_outside_the_data_root_are_refused(tmp_path, kind):
+  root = tmp_path / "root"
+  write_domain(root, "msu", {"train": 2, "val": 2, "test": 2})
+  outside = tmp_path / "elsewhere.png"
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside)
+  path = root / "msu" / "test_label.json"
+  entries = json.loads(path.read_text())
+  entries[1]["photo_path"] = "../../elsewhere.png" if kind == "dotdot" else str(outside)
+  path.write_text(json.dumps(entries))
+  options = dict(root=str(root), domains=("msu",), image_size=8)
+  with pytest.raises(DataError, match="entry 1.*outside the data root.*allow_outside_root"):
+    data.load("fas_json", "test", **options)
+  # The explicit option reads it; a path inside the root given as absolute is fine either way.
+  assert len(data.load("fas_json", "test", allow_outside_root=True, **options)["label"]) == 2
+  entries[1]["photo_path"] = str(root / "msu" / "frames" / "test_1.png")
+  path.write_text(json.dumps(entries))
+  assert len(data.load("fas_json", "test", **options)["label"]) == 2
+
+
+@pytest.mark.parametrize(
+  "photo_path, pattern, words",
+  [
+    (7, None, ["entry 0", "photo_path must be a non-empty path string", "7"]),
+    ("", None, ["entry 0", "photo_path"]),
+    (None, "{root}/{domain}/{splt}_label.json", ["pattern", "malformed", "splt"]),
+    (None, "{root}/{domain}/{split_label.json", ["pattern", "malformed"]),
+    (None, "{root}/{domain}/all_label.json", ["pattern", "no {split}"]),
+  ],
+)
+def test_json_malformed_path_field_or_pattern_is_one_data_error(
+  tmp_path, photo_path, pattern, words
+):
+  write_domain(tmp_path, "msu", {"train": 2, "val": 2, "test": 2})
+  path = tmp_path / "msu" / "test_label.json"
+  entries = json.loads(path.read_text())
+  if photo_path is not None:
+    entries[0]["photo_path"] = photo_path
+  path.write_text(json.dumps(entries))
+  options = dict(root=str(tmp_path), domains=("msu",), image_size=8)
+  if pattern is not None:
+    options["pattern"] = pattern
+  with pytest.raises(DataError) as e:
+    data.load("fas_json", "test", **options)
+  for w in words:
+    assert w in str(e.value), str(e.value)

@@ -11,9 +11,13 @@ are found by `pattern`, default "{root}/{domain}/{split}_label.json", for each n
 else from the JSON file's folder. When a domain has no val list, val is a seeded `val_fraction`
 of its train list, split by video (photo_belong_to_video_ID) when the entries name one.
 
+Photo paths stay inside the data: an entry (relative with `..`, or absolute) that resolves
+outside `root`, `image_root` and the list's own folder is refused, unless `allow_outside_root`
+says the lists may point anywhere (e.g. SSDG lists with absolute paths of another data disk).
+
 Every problem is a DataError naming the file and the entry: a missing list, a list that is not a
-list of objects, a missing key, a label other than 0/1, a missing or unreadable image, an empty
-split.
+list of objects, a missing key, a photo path that is not a non-empty string or leaves the data
+root, a label other than 0/1, a missing or unreadable image, an empty split, a malformed pattern.
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ def info(
   image_root: str = "",
   val_fraction: float = 0.1,
   seed: int = 0,
+  allow_outside_root: bool = False,
 ) -> dict:
   """Classes (0 spoof, 1 live), image shape and the domain names; sizes are known after loading."""
-  del root, pattern, image_root, val_fraction, seed
+  del root, pattern, image_root, val_fraction, seed, allow_outside_root
   return {
     "num_classes": 2,
     "class_names": ["spoof", "live"],
@@ -64,6 +69,7 @@ def build(
   image_root: str = "",
   val_fraction: float = 0.1,
   seed: int = 0,
+  allow_outside_root: bool = False,
 ) -> dict[str, np.ndarray]:
   """All domains' frames of one split, resized to `image_size` squares.
 
@@ -75,6 +81,7 @@ def build(
     image_root: base folder for relative photo paths (default: the list's folder).
     val_fraction: of the train list, by video, used as val when there is no val list.
     seed: draws that val part.
+    allow_outside_root: read photo paths outside `root` / `image_root` / the list's folder.
 
   Returns:
     'image' uint8 [N, size, size, 3], 'label' (1 live, 0 spoof), 'attack' (0 live, 1 spoof),
@@ -85,18 +92,51 @@ def build(
     domains = tuple(d for d in domains.split("+") if d)
   if not domains:
     raise DataError("fas_json: no domains given")
+  _check_pattern(pattern, len(domains))
   parts = []
   for d, domain in enumerate(domains):
     entries, where, list_file = _split_entries(split, root, domain, pattern, val_fraction, seed)
     if not entries:
       raise DataError(f"fas_json: {where} has no entries for split {split!r} (an empty split)")
-    base = image_root or os.path.dirname(os.path.abspath(list_file))
-    parts.append(_read(entries, where, base, image_size, d))
+    list_dir = os.path.dirname(os.path.abspath(list_file))
+    base = image_root or list_dir
+    allowed = None if allow_outside_root else [p for p in (root, image_root, list_dir) if p]
+    parts.append(_read(entries, where, base, image_size, d, allowed))
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def list_path(root: str, domain: str, split: str, pattern: str = DEFAULT_PATTERN) -> str:
-  return pattern.format(root=root, domain=domain, split=split)
+  try:
+    return pattern.format(root=root, domain=domain, split=split)
+  except (KeyError, IndexError, ValueError, AttributeError) as e:
+    raise DataError(
+      f"fas_json: pattern {pattern!r} is malformed ({type(e).__name__}: {e}); it may use "
+      "{root}, {domain} and {split}, e.g. " + repr(DEFAULT_PATTERN)
+    ) from None
+
+
+def _check_pattern(pattern: str, num_domains: int) -> None:
+  if not isinstance(pattern, str):
+    raise DataError(f"fas_json: pattern must be a string, got {pattern!r}")
+  first = list_path("r", "d", "s", pattern)  # raises on a malformed pattern
+  if first == list_path("r", "d", "t", pattern):
+    raise DataError(
+      f"fas_json: pattern {pattern!r} has no {{split}}: every split would be one list"
+    )
+  if num_domains > 1 and first == list_path("r", "e", "s", pattern):
+    raise DataError(
+      f"fas_json: pattern {pattern!r} has no {{domain}}: every domain would be one list"
+    )
+
+
+def _inside(path: str, folders: list[str]) -> bool:
+  """Whether `path` lies in one of `folders`, lexically (`..` resolved, symlinks trusted)."""
+  target = os.path.normpath(os.path.abspath(path))
+  for folder in folders:
+    base = os.path.normpath(os.path.abspath(folder))
+    if os.path.commonpath([target, base]) == base:
+      return True
+  return False
 
 
 def read_list(path: str) -> list[dict]:
@@ -118,6 +158,11 @@ def read_list(path: str) -> list[dict]:
     for key in ("photo_path", "photo_label"):
       if key not in entry:
         raise DataError(f"fas_json: {path} entry {i} has no {key!r} (keys: {sorted(entry)})")
+    photo = entry["photo_path"]
+    if not isinstance(photo, str) or not photo.strip() or "\0" in photo:
+      raise DataError(
+        f"fas_json: {path} entry {i}: photo_path must be a non-empty path string, got {photo!r:.80}"
+      )
     label = entry["photo_label"]
     if isinstance(label, bool) or label not in (0, 1):
       raise DataError(
@@ -153,7 +198,7 @@ def _carve(entries, val_fraction, seed, keep):
   return [i for i, v in enumerate(videos) if (v in val_videos) == (keep == "val")]
 
 
-def _read(entries, where, base, image_size, domain):
+def _read(entries, where, base, image_size, domain, allowed=None):
   from PIL import Image, UnidentifiedImageError
 
   n = len(entries)
@@ -164,6 +209,11 @@ def _read(entries, where, base, image_size, domain):
   for i, entry in enumerate(entries):
     path = entry["photo_path"]
     full = path if os.path.isabs(path) else os.path.join(base, path)
+    if allowed is not None and not _inside(full, allowed):
+      raise DataError(
+        f"fas_json: {where} entry {i}: photo_path {path!r} points outside the data root "
+        f"({', '.join(allowed)}); set the data option allow_outside_root=True to read it anyway"
+      )
     if not os.path.exists(full):
       raise DataError(f"fas_json: {where} entry {i}: image {full} does not exist")
     try:
