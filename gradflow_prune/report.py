@@ -7,7 +7,7 @@ own workdir): their rows become one mean ± std table per keep ratio x procedure
 the paper's claim is checked on the pooled means and on the paired differences per seed with
 bootstrap intervals (`stats.paired_bootstrap`). Everything printed comes from the runs'
 `results.json`. Each run's FD uses its own feature classifier, so the teachers' FDs are listed.
-A missing, foreign or corrupt run folder: one line `error: ...`, exit code 2.
+A missing, foreign or corrupt run folder: one line `error: ...`, exit code 2 (`shared.cli`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import sys
 import numpy as np
 
 from gradflow_prune import evaluate, stats
-from shared.errors import CheckpointError, UserError
+from shared import cli
+from shared.errors import CheckpointError, DataError
 from shared.report import mean_std_table
-from shared.workdir import read_json
+from shared.workdir import read_run_results
 
 COLUMNS = ["fd", "ssim", "params", "macs", "latency_s"]
 GROUP = ["keep_ratio", "procedure", "criterion"]
@@ -183,29 +184,16 @@ def write_summary(workdir: str, rows, teacher_row: dict, data_fd: float, feature
     )
 
 
-class ReportError(UserError):
-  """A run folder that cannot be reported: missing, foreign (another method) or unfinished."""
-
-
 ROW_KEYS = ("keep_ratio", "procedure", "criterion", "seed", *COLUMNS)
 
 
 def _load(workdir: str) -> dict:
-  """A gradflow_prune run's results.json, checked (ReportError / CheckpointError otherwise)."""
-  if not os.path.isdir(workdir):
-    raise ReportError(f"{workdir}: no such run folder")
+  """A finished gradflow_prune run's results.json (DataError / CheckpointError otherwise)."""
+  run = read_run_results(workdir, "gradflow_prune", needs=("rows", "teacher"))
   path = os.path.join(workdir, "results.json")
-  run = read_json(path)  # CheckpointError (a UserError) when it is not valid JSON
-  if run is None:
-    raise ReportError(f"no results.json in {workdir} (the run has not finished)")
-  if not isinstance(run, dict) or run.get("method", "gradflow_prune") != "gradflow_prune":
-    method = run.get("method") if isinstance(run, dict) else type(run).__name__
-    raise ReportError(f"{path} is a {method!r} run, not gradflow_prune")
-  m = run.get("metrics")
-  rows = m.get("rows") if isinstance(m, dict) else None
-  if not isinstance(rows, list) or "teacher" not in m:
-    raise ReportError(f"{path} has no gradflow_prune metrics (rows, teacher); a --config.stage="
-                      "pretrain run, or not this method's")  # fmt: skip
+  rows = run["metrics"]["rows"]
+  if not isinstance(rows, list):
+    raise CheckpointError(f"{path}: metrics.rows is not a list (corrupt or foreign)")
   for r in rows:
     missing = [k for k in ROW_KEYS if not isinstance(r, dict) or k not in r]
     if missing:
@@ -218,7 +206,7 @@ def render(*workdirs: str) -> str:
   rows = [r for run in runs for r in run["metrics"]["rows"]]
   keys = [(r["keep_ratio"], r["procedure"], r["criterion"], r["seed"]) for r in rows]
   if len(set(keys)) != len(keys):
-    raise ReportError(f"runs {', '.join(workdirs)} repeat a (keep, procedure, criterion, seed)")
+    raise DataError(f"runs {', '.join(workdirs)} repeat a (keep, procedure, criterion, seed)")
   out = []
   for w, run in zip(workdirs, runs, strict=True):
     m, dev = run["metrics"], run.get("devices", {})
@@ -241,14 +229,9 @@ def main(argv=None) -> int:
   if not argv:
     print(__doc__.strip().splitlines()[0], file=sys.stderr)
     return 2
-  try:
-    text = render(*argv)
-  except UserError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return 2
-  print(text, end="")
+  print(render(*argv), end="")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.guarded(main))

@@ -3,7 +3,8 @@
     python -m gradflow_prune.sample runs/gp/runs/keep0.7/iterative/grasp/seed0/model grid.png \
         [--num 64] [--seed 0] [--ddim_steps 100] [--npz samples.npz]
 
-Any problem with the folder or the arguments: one line `error: ...` on stderr, exit code 2.
+A missing, foreign or inconsistent model folder: one line `error: ...` on stderr, exit code 2
+(`shared.cli`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shared.errors import UserError
-
-EXIT_USER_ERROR = 2
+from shared import cli
+from shared.errors import ConfigError
 
 
 def _args(argv):
@@ -29,26 +29,22 @@ def _args(argv):
 
 def main(argv=None) -> int:
   args = _args(sys.argv[1:] if argv is None else argv)
-  try:
-    import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+  if args.num < 1:
+    raise ConfigError(f"--num must be >= 1, got {args.num}")
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
 
-    from gradflow_prune import evaluate, export  # noqa: PLC0415
+  from gradflow_prune import evaluate, export  # noqa: PLC0415
 
-    if args.num < 1:
-      raise UserError(f"--num must be >= 1, got {args.num}")
-    model = export.load(args.model_dir)
-    x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *model.image_shape))
-    images = np.asarray(model.sample(x_T, ddim_steps=args.ddim_steps))
-    evaluate.save_grid(images, args.out, title=args.model_dir)
-    if args.npz:
-      np.savez(args.npz, samples=images)
-  except UserError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return EXIT_USER_ERROR
+  model = export.load(args.model_dir)
+  x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *model.image_shape))
+  images = np.asarray(model.sample(x_T, ddim_steps=args.ddim_steps))
+  evaluate.save_grid(images, args.out, title=args.model_dir)
+  if args.npz:
+    np.savez(args.npz, samples=images)
   print(f"wrote {args.out} ({args.num} samples)")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.guarded(main))

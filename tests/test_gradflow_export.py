@@ -13,6 +13,7 @@ import pytest
 
 import gradflow_prune
 from gradflow_prune import export, report, stats, surgery, teacher, torch_import, unet_io
+from shared import cli
 from shared.errors import CheckpointError, ConfigError, UserError
 from shared.models import unet
 
@@ -149,7 +150,9 @@ def test_report_errors_are_one_line_exit_2(tmp_path, capsys):
   cases["corrupt"] = str(corrupt)
   cases["rows"] = _results(tmp_path / "rows", [{"fd": 1.0}])
   for name, d in cases.items():
-    assert report.main([d]) == 2, name
+    with pytest.raises(SystemExit) as exit_info:
+      cli.guarded(report.main, [d])
+    assert exit_info.value.code == 2, name
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and d in err[0], (name, err)
   done = subprocess.run(

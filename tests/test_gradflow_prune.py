@@ -366,7 +366,7 @@ def test_report_pools_runs_of_distinct_seeds(tmp_path):
   text = report.render(*dirs)
   assert "| 0.7 | oneshot | taylor | 2 | 3.0 ± 1.4 |" in text  # sample std
   assert "iterative grasp FD 1.5 vs one-shot Taylor 3 (lower FD: True)" in text
-  with pytest.raises(report.ReportError, match="repeat"):
+  with pytest.raises(DataError, match="repeat"):
     report.render(dirs[0], dirs[0])
 
 
