@@ -13,8 +13,9 @@ Variants:
   tiny     seconds: an 8x8 U-Net on `digits`, its teacher pre-trained in the run, a few steps.
   default  the shipped mnist5k 32x32 teacher (627K params), every criterion x procedure pruned
            to ~50% MACs with the same 60 training steps each (2 CPU cores).
-  compare  the same on a GPU, + the iterative ablations (lam0, gamma0, k1): 3 seeds, keep 0.7
-           and 0.5, 2,000 training steps, 2,048 samples with DDIM-50 for FD.
+  compare  the same on a GPU (iterative with taylor and grasp only), + the iterative ablations
+           (lam0, gamma0, k1): 3 seeds, keep 0.7 and 0.5, 2,000 training steps with EMA 0.999,
+           2,048 samples with DDIM-50 for FD at fine-tune steps 0, 250, 500, 1000, (2000).
   paper    CIFAR-10 (built in) from a supplied google/ddpm-cifar10-32 state dict, Diff-Pruning's
            ratios (keep 0.7 and 0.5), 100K fine-tuning steps, DDIM 100 quad.
   cifar    CIFAR-10 on one GPU (issue 16): the DDPM CIFAR-10 U-Net at base width 64 (16 GroupNorm
@@ -176,6 +177,8 @@ def get_config(arg=None):
       # FD reference statistics: the "train" split (the data floor from held-out test images)
       # or the "test" split (the floor from as many training images).
       reference="test" if cifar else "train",
+      # Samples per convergence-curve point (the first ones of the same noise); 0: num_samples.
+      curve_samples=0,
       eta=0.0,
       clip_x0=True,
       seed=1234,  # the shared initial noise of teacher and pruned samples

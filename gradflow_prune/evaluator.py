@@ -51,11 +51,13 @@ class Evaluator:
     self.dir = os.path.join(workdir, "eval")
     os.makedirs(self.dir, exist_ok=True)
     ec = config.eval
-    if ec.num_samples % ec.batch_size:
-      raise ConfigError(
-        f"eval.num_samples ({ec.num_samples}) must be a multiple of eval.batch_size "
-        f"({ec.batch_size})"
-      )
+    for field in ("num_samples", "curve_samples"):
+      if ec[field] % ec.batch_size:
+        raise ConfigError(
+          f"eval.{field} ({ec[field]}) must be a multiple of eval.batch_size ({ec.batch_size})"
+        )
+    if not 0 <= ec.curve_samples <= ec.num_samples:
+      raise ConfigError(f"eval.curve_samples must be in [0, num_samples], got {ec.curve_samples}")
     if ec.reference not in ("train", "test"):
       raise ConfigError(f"eval.reference={ec.reference!r}; known: train, test")
     self.extractor = _extractor(config, self.dir, train)
@@ -79,10 +81,10 @@ class Evaluator:
   def fd(self, samples01) -> float:
     return fd.feature_stats(self.extractor, samples01).frechet_distance(self.ref)
 
-  def samples(self, kit: Toolkit, params) -> np.ndarray:
-    """DDIM samples from the fixed noise, in [0, 1] (num_samples is a multiple of the batch)."""
+  def samples(self, kit: Toolkit, params, n: int | None = None) -> np.ndarray:
+    """DDIM samples from the (first n of the) fixed noise, in [0, 1]."""
     sample = lambda x_T: kit.sample(params, None, x_T)
-    return stages.batched_apply(sample, self.noise, self.config.eval.batch_size)
+    return stages.batched_apply(sample, self.noise[:n], self.config.eval.batch_size)
 
   def latency(self, kit: Toolkit, params) -> float:
     ec = self.config.eval
@@ -90,13 +92,17 @@ class Evaluator:
     return evaluate.measure_latency(kit.sample, params, None, x_T, repeats=ec.latency_repeats)
 
   def quality(self, kit: Toolkit, params) -> dict:
-    """FD and SSIM to the teacher's samples (same noise): a convergence-curve point."""
+    """FD and SSIM to the teacher's samples (same noise): a convergence-curve point, from the
+    first `eval.curve_samples` of the noise (0: all; FD's bias depends on the count, so points
+    compare with each other, and with the final FD only when the counts agree)."""
     params = jax.device_put(jax.device_get(params))
     start = time.time()
-    samples = self.samples(kit, params)
+    n = self.config.eval.curve_samples or self.config.eval.num_samples
+    samples = self.samples(kit, params, n)
     return {
       "fd": self.fd(samples),
-      "ssim": evaluate.ssim_to_teacher(samples, self.teacher_samples),
+      "ssim": evaluate.ssim_to_teacher(samples, self.teacher_samples[:n]),
+      "samples": n,
       "sample_s": round(time.time() - start, 2),
     }
 
