@@ -222,12 +222,21 @@ def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[
     config_hash = manifest.fingerprint(config_dict)
     _check_workdir_config(workdir, config_dict)
     manifest.check_workdir(workdir, config_hash)
+    records = [os.path.join(workdir, n) for n in ("config.json", manifest.MANIFEST)]
+    new_records = [p for p in records if not os.path.exists(p)]
     if jax.process_index() == 0:
-      write_json(os.path.join(workdir, "config.json"), config_dict)
+      write_json(records[0], config_dict)
     with manifest.active(config_hash):
-      manifest.check_folder(workdir)
       start = time.time()
-      metrics = dict(train_and_evaluate(config, workdir) or {})
+      try:
+        manifest.check_folder(workdir)
+        metrics = dict(train_and_evaluate(config, workdir) or {})
+      except manifest.ConfigMismatch:
+        # Found only once running (the manifests were deleted): the records go back to none.
+        for path in new_records if jax.process_index() == 0 else ():
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        raise
     results = {
       "method": method,
       "variant": config_dict.get("variant"),

@@ -49,8 +49,12 @@ def active(config_hash: str) -> Iterator[None]:
     _ACTIVE.pop()
 
 
-def _refusal(where: str, theirs: str, ours: str) -> CheckpointError:
-  return CheckpointError(
+class ConfigMismatch(CheckpointError):
+  """A checkpoint folder or sub-run result that belongs to another config."""
+
+
+def _refusal(where: str, theirs: str, ours: str) -> ConfigMismatch:
+  return ConfigMismatch(
     f"{where} was written by a run with another config (config hash {theirs}, this run's is "
     f"{ours}); re-run with the original config and flags to resume it, or use a fresh --workdir"
   )
