@@ -116,7 +116,7 @@ def test_grasp_sweep_scores_the_loss_taylor_scores(setup):
   s = setup
   groups, ones = s["groups"], s["groups"].ones()
   x0, _, noise = s["batch"]
-  ts = [0, 200, 400, 600, 800]
+  ts = [0, 400, 800]
   _, t_info = s["scorer"].taylor(groups, s["params"], ones, x0, noise, ts, 1.0)
   _, g_info = s["scorer"].grasp_sweep_removal(groups, s["params"], ones, x0, noise, ts, 1.0)
   assert g_info == t_info
