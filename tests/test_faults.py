@@ -5,8 +5,7 @@ the uninterrupted result).
 The runs are the toy method (tests/toy) wrapped by RUNNER, which adds what the methods' sub-runs
 keep (a cached result JSON, an .npz, a params .npz, metrics read back) and three hooks:
 FAULT_KILL_WRITING=<name> SIGKILLs the process half-way through the atomic write of that file,
-FAULT_TORN_ROW=<k> SIGKILLs it half-way through the k-th metrics row, FAULT_HOLD=<path> keeps the
-run (and its workdir lock) until that file exists.
+FAULT_HOLD=<path> keeps the run (and its workdir lock) until that file exists.
 """
 
 import hashlib
@@ -43,19 +42,6 @@ if kill_writing:
       die()
     return real_replace(src, dst, *a, **k)
   os.replace = replace
-
-torn_row = int(os.environ.get("FAULT_TORN_ROW", "0"))
-if torn_row:
-  real_write = metric_writer.MetricWriter.write
-  calls = []
-  def write(self, step, metrics):
-    calls.append(step)
-    if len(calls) == torn_row:
-      self._file.write('{"step": %d, "stage": "tr' % step)
-      self._file.flush()
-      die()
-    return real_write(self, step, metrics)
-  metric_writer.MetricWriter.write = write
 
 def method(config, wd):
   hold = os.environ.get("FAULT_HOLD")
@@ -202,28 +188,24 @@ def test_unwritable_workdir_is_one_line(finished):
 NONSENSE = [
   ("--config.optimizer.lr=-0.1", ["optimizer.lr", "> 0"]),
   ("--config.num_steps=0", ["num_steps", ">= 1"]),
-  ("--config.num_steps=-1", ["num_steps", ">= 1"]),
   ("--config.run.log_every=0", ["log_every", ">= 1"]),
   ("--config.seed=9223372036854775808", ["seed", "2**63"]),
-  ("--config.seed=-1", ["seed", "2**63"]),
   ("--config.run.keep_checkpoints=0", ["keep_checkpoints"]),
   ("--config.batch_size=63", ["batch_size=63", "not divisible by the 2"]),
-  ("--config.optimizer.ema_decay=1.5", ["ema_decay", "[0, 1)"]),
 ]
 
 
-def test_nonsense_values_are_refused_before_any_write(tmp_path):
+def test_nonsense_values_are_refused_before_any_write(copy, tmp_path):
+  finished, before = copy
+  config = (finished / "config.json").read_bytes()
   cases = [([flag], tmp_path / f"fresh{i}") for i, (flag, _) in enumerate(NONSENSE)]
-  for proc, (flag, words), (_, workdir) in zip(run_all(cases), NONSENSE, cases, strict=True):
+  cases.append((["--config.optimizer.lr=-1"], finished))  # on a finished run: left as it was
+  results = run_all(cases)
+  for proc, (flag, words), (_, workdir) in zip(results, NONSENSE, cases, strict=False):
     assert_one_line_error(proc, *words)
     assert not workdir.exists(), flag  # not even created
-
-
-def test_bad_value_on_a_finished_run_leaves_it_as_it_was(copy):
-  workdir, before = copy
-  config = (workdir / "config.json").read_bytes()
-  assert_one_line_error(run("--config.optimizer.lr=-1", workdir=workdir), "lr")
-  assert snapshot(workdir) == before and (workdir / "config.json").read_bytes() == config
+  assert_one_line_error(results[-1], "optimizer.lr")
+  assert snapshot(finished) == before and (finished / "config.json").read_bytes() == config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,9 +287,8 @@ def test_another_config_is_refused_without_config_json(copy, deleted):
 
 
 def test_changed_checkpoint_settings_are_refused(copy):
+  """With config.json there, tests/test_app.py shows the refusal naming the field; without it:"""
   workdir, before = copy
-  proc = run("--config.run.checkpoint_every=7", workdir=workdir)
-  assert_one_line_error(proc, "different config", "run.checkpoint_every")
   os.remove(workdir / "config.json")
   proc = run("--config.run.checkpoint_every=7", workdir=workdir)
   assert_one_line_error(proc, "another config")
@@ -343,27 +324,48 @@ def test_second_process_on_a_workdir_is_refused(copy):
 # SIGKILL inside a write: the previous file stays whole, the lock is stale, the re-run finishes
 
 
-def test_sigkill_inside_writes_then_the_rerun_finishes_the_same(finished, tmp_path):
+def test_sigkill_inside_a_write_then_the_rerun_finishes_the_same(finished, tmp_path):
   workdir = tmp_path / "killed"
-  # 1. Killed half-way through the fifth metrics row (step 50): checkpoint 40 is there.
-  torn = run(workdir=workdir, FAULT_TORN_ROW="5")
-  assert torn.returncode == -9, torn.stderr[-3000:]
-  assert (workdir / "metrics.jsonl").read_text().endswith('"stage": "tr')
-  assert json.loads((workdir / "run.lock").read_text())["pid"] > 0  # left behind
-  # 2. Re-run, killed half-way through writing the sub-run result after training to the end.
+  # Trained to the end, then killed half-way through writing the sub-run result.
   half = run(workdir=workdir, FAULT_KILL_WRITING="result.json")
   assert half.returncode == -9, half.stderr[-3000:]
-  assert "removing the stale lock" in half.stderr
   assert not (workdir / "sub" / "result.json").exists()  # no half file under the real name
-  # 3. Re-run: nothing left to train; the same result as the run never interrupted.
+  assert json.loads((workdir / "run.lock").read_text())["pid"] > 0  # left behind
+  # A torn metrics row, as a kill inside `MetricWriter.write` leaves it.
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 70, "stage": "tr')
+  # Re-run: the stale lock is taken over, nothing is left to train, the result is the same as
+  # the run never interrupted, and the torn row is cut off.
   done = run(workdir=workdir)
   assert done.returncode == 0, done.stderr[-3000:]
+  assert "removing the stale lock" in done.stderr
   results = json.loads((workdir / "results.json").read_text())
   expected = json.loads((finished / "results.json").read_text())
   assert results["metrics"] == expected["metrics"]
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]  # the torn row cut off, no gap
+  assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
   assert not (workdir / "run.lock").exists()
+
+
+def test_sigkill_inside_a_metrics_row_is_cut_off_by_the_next_writer(tmp_path):
+  """The kill itself in a small process (no training): the row is torn, the next writer cuts it."""
+  script = (
+    "import os, signal, sys\n"
+    "from shared.metric_writer import MetricWriter\n"
+    "w = MetricWriter(sys.argv[1], tensorboard=False)\n"
+    "w.write(1, {'loss': 0.5})\n"
+    'w._file.write(\'{"step": 2, "lo\'); w._file.flush()\n'
+    "os.kill(os.getpid(), signal.SIGKILL)\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env())
+  assert proc.returncode == -9
+  from shared import metric_writer
+
+  assert [r["step"] for r in metric_writer.read_metrics(str(tmp_path))] == [1]
+  with metric_writer.MetricWriter(str(tmp_path), tensorboard=False) as w:
+    w.write(2, {"loss": 0.25})
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(x)["step"] for x in lines] == [1, 2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,19 +382,25 @@ def test_report_on_missing_foreign_or_corrupt_run_is_one_line(finished, tmp_path
   corrupt.mkdir()
   (corrupt / "results.json").write_text('{"method": "infotok", "metr')
   method = report.split(".")[0]
-  # The command itself, once: a corrupt results.json.
-  proc = subprocess.run(
-    [sys.executable, "-m", report, str(corrupt)],
-    cwd=ROOT,
-    env=env(),
-    capture_output=True,
-    text=True,
-    timeout=120,
+  # The command itself, once: a corrupt results.json (unlearnable's imports are slow: in-process).
+  proc = (
+    None
+    if method == "unlearnable"
+    else subprocess.run(
+      [sys.executable, "-m", report, str(corrupt)],
+      cwd=ROOT,
+      env=env(),
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
   )
-  assert_one_line_error(proc, "results.json is corrupt")
+  if proc is not None:
+    assert_one_line_error(proc, "results.json is corrupt")
   # The rest through the same guarded main, in-process.
   main = importlib.import_module(report).main
   for folder, words in [
+    (corrupt, ["results.json is corrupt"]),
     (tmp_path / "missing", ["missing", "not a folder"]),
     (finished, ["'toy' run", method]),
   ]:
