@@ -147,6 +147,8 @@ def versions() -> dict[str, str]:
 
 def _check_workdir_writable(workdir: str) -> None:
   """Creates the workdir; one that cannot be created or written is a ConfigError, not a trace."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir} is a file, not a folder")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
