@@ -391,3 +391,26 @@ def test_victim_outputs_do_not_depend_on_the_eval_batch():
     np.testing.assert_allclose(
       victims._outputs(prog, state, images, 8), whole, rtol=1e-5, atol=1e-6
     )
+
+
+def test_knn_monitor_and_gates():
+  import ml_collections
+
+  from unlearnable import train as ue_train
+  from unlearnable import victims as ue_victims
+
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(3, 8)) * 5
+  labels = np.repeat(np.arange(3), 40)
+  feats = centres[labels] + rng.normal(size=(120, 8))
+  assert ue_victims.knn_accuracy(feats, labels, feats[::3], labels[::3], 3, k=10) > 0.95
+  shuffled = rng.permutation(labels)
+  assert ue_victims.knn_accuracy(feats, shuffled, feats, labels, 3, k=10) < 0.7
+  cfg = ml_collections.ConfigDict({"gates": {"supervised": 0.93, "simclr": 0.8}})
+  per_seed = {0: {"clean": {"supervised": {"final": 0.95}, "simclr": {"final": 0.7}}}}
+  g = ue_train.gate_check(cfg, per_seed)
+  assert g["gates"]["supervised"]["status"] == "met"
+  assert g["gates"]["simclr"]["status"] == "missed" and not g["verdict"]
+  assert "no protection verdict" in "\n".join(ue_train.gate_lines(g))
+  g = ue_train.gate_check(cfg, {0: {"random": {}}})
+  assert g["gates"]["supervised"]["status"] == "not measured" and not g["verdict"]

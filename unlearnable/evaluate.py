@@ -3,7 +3,8 @@
 Victims (config `victims`, columns of the results table):
   supervised        the surrogate's architecture, cross-entropy, crop + flip of x + delta
   supervised_other  the same recipe on another architecture (`config.other_arch`)
-  simclr            SimCLR on x + delta, then a linear probe (fitted on `simclr_victim.probe`)
+  simclr            SimCLR on x + delta (encoder `simclr_victim.model`), then a linear probe
+                    (fitted on `simclr_victim.probe`); a kNN monitor beside each probe
   simclr_clean_probe  the same encoder, probe fitted on the clean training images (a derived
                     column: it tells whether the encoder or the probe latched onto delta)
   grayscale         supervised on grayscale(x + delta) (test images greyed the same way)
@@ -98,6 +99,7 @@ def run_victim(
   kw = dict(workdir=workdir, stage=f"{method}/{victim}", run_cfg=config.run)
   spec = model_spec(config, config.surrogate)
   if victim == "simclr":
+    spec = model_spec(config, config.simclr_victim.get("model") or config.surrogate)
     probe_images = protected if config.simclr_victim.probe == "protected" else train["image"]
     if config.simclr_victim.probe not in ("protected", "clean"):
       raise ConfigError(

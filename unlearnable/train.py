@@ -152,6 +152,38 @@ def columns(config) -> list[str]:
   return out
 
 
+def gate_check(config, per_seed: dict) -> dict:
+  """Each gated victim's clean-data accuracy per seed against its gate (`config.gates`).
+
+  A gate is met when every seed's victim trained on the *clean* data reaches it. `verdict` is
+  False when any gate is missed or could not be measured (no `clean` method or victim in the run):
+  then no protection is judged against that victim.
+  """
+  gates = {k: float(v) for k, v in (config.get("gates") or {}).items() if float(v) > 0}
+  out: dict = {"gates": {}, "verdict": True}
+  for victim, gate in gates.items():
+    values = [
+      cells["clean"][victim]["final"]
+      for cells in per_seed.values()
+      if victim in cells.get("clean", {})
+    ]
+    status = "not measured" if not values else ("met" if min(values) >= gate else "missed")
+    out["gates"][victim] = {"gate": gate, "clean": values, "status": status}
+    out["verdict"] &= status == "met"
+  return out
+
+
+def gate_lines(gates: dict) -> list[str]:
+  lines = []
+  for victim, g in gates["gates"].items():
+    vals = ", ".join(f"{100 * v:.2f}" for v in g["clean"]) or "-"
+    gate = f"{100 * g['gate']:.0f}%"
+    lines.append(f"Gate {victim}: clean accuracy [{vals}]% vs {gate}: {g['status']}.")
+  if gates["gates"] and not gates["verdict"]:
+    lines.append("A gate is not met: no protection verdict from this run.")
+  return lines
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   _check(config)
   t0 = time.time()
@@ -180,8 +212,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final = report.summarise(per_seed, methods, victims, "final")
   peak = report.summarise(per_seed, methods, victims, "peak")
   wall = time.time() - t0
+  gates = gate_check(config, per_seed)
   text = "\n".join(
     [
+      *gate_lines(gates),
+      *([""] if gates["gates"] else []),
       f"Clean-test accuracy (%), final epoch, mean ± std over seeds {list(config.seeds)} "
       f"({num_classes} classes, chance {100 / num_classes:.1f}%):",
       "",
@@ -206,5 +241,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   metrics["final"] = {m: {v: list(c) for v, c in row.items()} for m, row in final.items()}
   metrics["peak"] = {m: {v: list(c) for v, c in row.items()} for m, row in peak.items()}
   metrics["generation"] = {str(s): i for s, i in infos.items()}
+  metrics["gates"] = gates
   metrics["train_and_evaluate_s"] = round(wall, 1)
   return metrics

@@ -144,6 +144,43 @@ def _outputs(prog, state, images, batch_size):
   return np.concatenate(out)
 
 
+def knn_accuracy(
+  train_feats,
+  train_labels,
+  test_feats,
+  test_labels,
+  num_classes: int,
+  k: int = 200,
+  temperature: float = 0.1,
+  chunk: int = 1024,
+) -> float:
+  """The weighted kNN monitor of self-supervised training (Wu et al. 2018), clean-test accuracy.
+
+  Cosine similarity to every training feature; the k nearest vote for their class with weight
+  exp(similarity / temperature). No fitting, so it is the cheap check between linear probes.
+  """
+  train_n = train_feats / np.maximum(np.linalg.norm(train_feats, axis=1, keepdims=True), 1e-8)
+  test_n = test_feats / np.maximum(np.linalg.norm(test_feats, axis=1, keepdims=True), 1e-8)
+  train_j = jnp.asarray(train_n, jnp.float32)
+  onehot = jax.nn.one_hot(jnp.asarray(train_labels), num_classes)
+  k = min(k, len(train_labels))
+
+  @jax.jit
+  def vote(q_QxF):
+    sim_QxN = q_QxF @ train_j.T
+    top_QxK, idx_QxK = jax.lax.top_k(sim_QxN, k)
+    weights_QxK = jnp.exp(top_QxK / temperature)
+    return jnp.einsum("qk,qkc->qc", weights_QxK, onehot[idx_QxK]).argmax(-1)
+
+  preds = []
+  for i in range(0, len(test_n), chunk):
+    q = test_n[i : i + chunk]
+    pad = chunk - len(q)  # one shape for every chunk: one compilation
+    out = np.asarray(vote(jnp.asarray(np.pad(q, ((0, pad), (0, 0))), jnp.float32)))
+    preds.append(out[: len(q)])
+  return float(np.mean(np.concatenate(preds) == np.asarray(test_labels)))
+
+
 def linear_probe(train_feats, train_labels, test_feats, test_labels, c: float) -> float:
   """Multinomial logistic regression on standardised frozen features; clean-test accuracy."""
   scaler = StandardScaler().fit(train_feats)
@@ -193,6 +230,7 @@ def train_victim(
   state = prog.create(key)
   curve: list[tuple[int, float]] = []
   alt_curve: list[tuple[int, float]] = []
+  knn_curve: list[tuple[int, float]] = []  # simclr: the kNN monitor beside each linear probe
   eval_batch = max(jax.device_count(), min(512, len(test["label"])))
   eval_batch -= eval_batch % jax.device_count()
 
@@ -202,13 +240,20 @@ def train_victim(
     else:
       feats = _outputs(prog, st, probe["image"], eval_batch)
       test_feats = _outputs(prog, st, test["image"], eval_batch)
+      knn = knn_accuracy(feats, probe["label"], test_feats, test["label"], num_classes)
+      knn_curve.append((int(step), knn))
       acc = linear_probe(feats, probe["label"], test_feats, test["label"], recipe.probe_c)
       if alt_probe is not None:
         alt_feats = _outputs(prog, st, alt_probe["image"], eval_batch)
         alt = linear_probe(alt_feats, alt_probe["label"], test_feats, test["label"], recipe.probe_c)
         alt_curve.append((int(step), alt))
     curve.append((int(step), acc))
-    return {"test_accuracy": acc, **({"test_accuracy_alt": alt_curve[-1][1]} if alt_curve else {})}
+    row = {"test_accuracy": acc}
+    if alt_curve:
+      row["test_accuracy_alt"] = alt_curve[-1][1]
+    if knn_curve:
+      row["knn_accuracy"] = knn_curve[-1][1]
+    return row
 
   arrays = {"image": train["image"].astype(np.float32), "label": train["label"].astype(np.int32)}
   if kind == "simclr":
@@ -250,6 +295,8 @@ def train_victim(
     "curve": curve,
     "train_s": round(time.time() - t0, 2),
   }
+  if knn_curve:
+    out.update(knn_final=knn_curve[-1][1], knn_curve=knn_curve)
   if alt_curve:
     alt_earlier = [r["test_accuracy_alt"] for r in previous if "test_accuracy_alt" in r]
     out.update(final_alt=alt_curve[-1][1], peak_alt=max(alt_earlier + [a for _, a in alt_curve]))
