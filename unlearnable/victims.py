@@ -13,6 +13,7 @@ share them compile once.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
@@ -144,6 +145,14 @@ def _outputs(prog, state, images, batch_size):
   return np.concatenate(out)
 
 
+@functools.partial(jax.jit, static_argnums=(3,))
+def _knn_vote(q_QxF, train_NxF, onehot_NxC, k: int, temperature):
+  """Class votes of the k most similar training features (arguments, not baked-in constants)."""
+  top_QxK, idx_QxK = jax.lax.top_k(q_QxF @ train_NxF.T, k)
+  weights_QxK = jnp.exp(top_QxK / temperature)
+  return jnp.einsum("qk,qkc->qc", weights_QxK, onehot_NxC[idx_QxK]).argmax(-1)
+
+
 def knn_accuracy(
   train_feats,
   train_labels,
@@ -164,19 +173,12 @@ def knn_accuracy(
   train_j = jnp.asarray(train_n, jnp.float32)
   onehot = jax.nn.one_hot(jnp.asarray(train_labels), num_classes)
   k = min(k, len(train_labels))
-
-  @jax.jit
-  def vote(q_QxF):
-    sim_QxN = q_QxF @ train_j.T
-    top_QxK, idx_QxK = jax.lax.top_k(sim_QxN, k)
-    weights_QxK = jnp.exp(top_QxK / temperature)
-    return jnp.einsum("qk,qkc->qc", weights_QxK, onehot[idx_QxK]).argmax(-1)
-
   preds = []
   for i in range(0, len(test_n), chunk):
     q = test_n[i : i + chunk]
     pad = chunk - len(q)  # one shape for every chunk: one compilation
-    out = np.asarray(vote(jnp.asarray(np.pad(q, ((0, pad), (0, 0))), jnp.float32)))
+    q_padded = jnp.asarray(np.pad(q, ((0, pad), (0, 0))), jnp.float32)
+    out = np.asarray(_knn_vote(q_padded, train_j, onehot, k, temperature))
     preds.append(out[: len(q)])
   return float(np.mean(np.concatenate(preds) == np.asarray(test_labels)))
 
