@@ -23,6 +23,7 @@ from shared.report import format_mean_std
 
 METRICS = ("hter_eer", "hter_val", "auc", "tpr_at_fpr_1pct", "eer")
 MEAN_ROW = "mean"
+INFO = ("params",)  # per-method facts the tables print beside the metrics
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -136,6 +137,9 @@ def summarise(
         row[f"{m}_mean"] = float(np.mean(values)) if values else float("nan")
         row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
       row["n_seeds"] = len(row[f"{METRICS[0]}_seeds"])
+      for key in INFO:  # the same for every run of a method (params) or averaged (compute)
+        known = [r[key] for r in mine if key in r]
+        row[key] = float(np.mean(known)) if known else None
       rows.append(row)
   return rows
 
@@ -150,7 +154,11 @@ def markdown_tables(rows: Sequence[Mapping], protocols: Sequence[str], scale: fl
   }
   methods = list(dict.fromkeys(r["method"] for r in rows))
   columns = [*protocols, MEAN_ROW]
-  out = []
+  out = ["**Methods** (the classifier that is evaluated)", "", "| method | params |", "|---|---|"]
+  for method in methods:
+    mean = next(r for r in rows if r["method"] == method and r["protocol"] == MEAN_ROW)
+    out.append(f"| {method} | {_count(mean.get('params'))} |")
+  out.append("")
   for metric, title in titles.items():
     out += [f"**{title}** (mean ± std over seeds)", ""]
     out.append("| method | " + " | ".join(columns) + " |")
@@ -164,3 +172,13 @@ def markdown_tables(rows: Sequence[Mapping], protocols: Sequence[str], scale: fl
       out.append(f"| {method} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)
+
+
+def _count(n) -> str:
+  """12345 -> '12.3K', 11_200_000 -> '11.2M'."""
+  if n is None:
+    return "—"
+  for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+    if n >= scale:
+      return f"{n / scale:.1f}{suffix}"
+  return str(int(n))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mcae.augment import augment
@@ -27,8 +28,13 @@ def vit_classifier(model_cfg, dtype) -> ViTClassifier:
   return ViTClassifier(num_classes=NUM_CLASSES, pool=model_cfg.pool, **vit_kwargs(model_cfg, dtype))
 
 
-def resnet18(resnet_cfg, dtype) -> ResNet18:
-  return ResNet18(num_classes=NUM_CLASSES, width=resnet_cfg.width, dtype=dtype)
+def resnet18(width: int, dtype) -> ResNet18:
+  return ResNet18(num_classes=NUM_CLASSES, width=width, dtype=dtype)
+
+
+def num_params(params) -> int:
+  """Parameter count of a params tree (what the tables print beside each method)."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def uses_batch_stats(model: nn.Module) -> bool:

@@ -97,9 +97,9 @@ def classifier_stage(ctx: RunContext, mcfg, name: str, pretrained: bool) -> Clas
   dtype = train_lib.compute_dtype(ctx.config.run.dtype)
   kind = mcfg.method_table[name].classifier
   if kind == "resnet18":
-    model_cfg, loss_cfg = mcfg.resnet, mcfg.resnet
+    model_cfg, loss_cfg = {"width": mcfg.method_table[name].width}, mcfg.resnet
     opt_cfg, num_steps, train_blocks = mcfg.resnet.optimizer, mcfg.baselines.supervised_steps, -1
-    model = finetune.resnet18(mcfg.resnet, dtype)
+    model = finetune.resnet18(model_cfg["width"], dtype)
   else:
     model_cfg, loss_cfg = mcfg.model, mcfg.finetune
     model = finetune.vit_classifier(mcfg.model, dtype)

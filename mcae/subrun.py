@@ -19,7 +19,7 @@ import time
 import jax
 import ml_collections
 
-from mcae import evaluate, methods, stage_builders
+from mcae import evaluate, finetune, methods, stage_builders
 from mcae.protocols import Protocol, select
 from mcae.selection import BestValSelection
 from shared import data as data_lib
@@ -144,6 +144,7 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
     "protocol": proto.name,
     "seed": seed,
     **evaluate.fas_report(val_scores, source_val["label"], test_scores, target_test["label"]),
+    "params": finetune.num_params(params),
     "selected_step": selection.best["step"] if selection and selection.best else plan.num_steps,
     "steps": plan.num_steps,
     "wall_time_s": round(time.time() - start, 2),

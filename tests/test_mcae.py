@@ -235,13 +235,27 @@ def test_summarise_mean_row_averages_protocols_within_seed():
   for seed, offset in ((0, 0.0), (1, 0.1)):
     for protocol, v in (("a", 0.1), ("b", 0.3)):
       m = {k: v + offset for k in evaluate.METRICS}
-      runs.append({"method": "m", "protocol": protocol, "seed": seed, **m})
+      runs.append({"method": "m", "protocol": protocol, "seed": seed, "params": 1234, **m})
   rows = evaluate.summarise(runs, ["m"], ["a", "b"])
   mean = next(r for r in rows if r["protocol"] == "mean")
   np.testing.assert_allclose(mean["hter_eer_seeds"], [0.2, 0.3])
   np.testing.assert_allclose(mean["hter_eer_std"], np.std([0.2, 0.3], ddof=1))
   table = evaluate.markdown_tables(rows, ["a", "b"])
   assert "| m | 15.0 ± 7.1 | 35.0 ± 7.1 | 25.0 ± 7.1 |" in table
+  assert "| m | 1.2K |" in table  # the parameter count beside each method
+
+
+@pytest.mark.parametrize("variant, width", [(None, 4), ("compare", 64), ("paper", 64)])
+def test_resnet_baseline_is_named_by_its_width(variant, width):
+  """`resnet18_w4` (the CPU default's, ~44K parameters) is not called a ResNet-18 without its
+  width; `compare` and `paper` run the real one (width 64, ~11M)."""
+  cfg = get_config(variant)
+  resnets = [m for m in cfg.methods if cfg.method_table[m].classifier == "resnet18"]
+  assert resnets == [f"resnet18_w{width}"] and cfg.method_table[resnets[0]].width == width
+  model = finetune.resnet18(width, jnp.float32)
+  params, _ = jax.eval_shape(finetune.init_params(model, (32, 32, 3)), KEY)
+  count = finetune.num_params(params)
+  assert (30_000 < count < 60_000) if width == 4 else (10_000_000 < count < 12_000_000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,9 +378,10 @@ def test_every_variant_builds_its_stages(variant):
     if is_resnet in seen:
       continue
     seen.add(is_resnet)
-    model = (finetune.resnet18 if is_resnet else finetune.vit_classifier)(
-      mcfg.resnet if is_resnet else mcfg.model, dtype
-    )
+    if is_resnet:
+      model = finetune.resnet18(cfg.method_table[base].width, dtype)
+    else:
+      model = finetune.vit_classifier(mcfg.model, dtype)
     params, state = jax.eval_shape(finetune.init_params(model, shape), KEY)
     blocks = -1 if is_resnet else mcfg.finetune.train_blocks
     opt_cfg = mcfg.resnet.optimizer if is_resnet else mcfg.finetune.optimizer
@@ -389,7 +404,7 @@ def test_method_table_is_config_data_and_seeds_argument():
   cfg = get_config("compare,seeds=5")
   assert cfg.variant == "compare" and cfg.seeds == (0, 1, 2, 3, 4)
   assert get_config("tiny").seeds == (0,) and get_config(None).seeds == (0, 1, 2)
-  assert set(cfg.methods) == set(cfg.method_table)
+  assert set(cfg.methods) <= set(cfg.method_table)
   mcfg = methods.method_config(cfg, "supcon_ft:baselines.supcon_mask_ratio=0.5;pretrain.flip=false")
   assert methods.pretrain_config(mcfg, "supcon_ft").mask_ratio == 0.5
   assert mcfg.pretrain.flip is False and cfg.pretrain.flip is True
