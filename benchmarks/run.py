@@ -4,7 +4,8 @@
     python -m benchmarks.run --matmul                      # the achieved bf16 matmul ceiling
 
 Writes one JSON line per case to --out (default: stdout only) and prints a markdown table.
-Bad input (unknown method, unknown --what) is one line `error: ...`, exit code 2.
+`--help` lists the flags; bad input (an unknown flag, method or --what, no --config) is one line
+`error: ...`, exit code 2 (`shared.cli.guarded`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ml_collections import config_flags
 
 from benchmarks.cases import BENCH_MODULES
 from shared import benchmark as harness
+from shared import cli
 from shared.errors import ConfigError, UserError
 
 config_flags.DEFINE_config_file("config", None, "Method config file[:variant].", lock_config=True)
@@ -34,6 +36,10 @@ flags.DEFINE_string(
   "flops_from", "", "JSON lines of a --count_only run: FLOPs per (case, batch) for MFU."
 )
 FLAGS = flags.FLAGS
+USAGE = (
+  "usage: python -m benchmarks.run --config configs/<method>.py[:variant] [--what W] "
+  "[--steps N] [--batch B] [--out FILE] [--count_only] | --matmul [--matmul_n N]"
+)
 
 COLUMNS = (
   ("case", "case", "{}"),
@@ -109,21 +115,33 @@ def _read_flops(path: str) -> dict[str, tuple[float, float]]:
   }
 
 
-def main(argv):
+def _parse(argv: list[str]):
+  """Parses the flags; the config file is loaded here, so a bad one fails before any timing."""
   try:
     FLAGS(argv)
-    if FLAGS.matmul:
-      rows = [harness.matmul_ceiling(FLAGS.matmul_n)]
-    else:
-      if FLAGS.config is None:
-        raise ConfigError("--config is required (or --matmul)")
-      rows = run(FLAGS.config, FLAGS.what, FLAGS.steps, FLAGS.warmup, FLAGS.batch, FLAGS.flops)
-  except UserError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+    config = FLAGS.config  # loaded (overrides applied) on first access
+    if config is not None:
+      config.to_json_best_effort()  # a lazily failed load raises here
   except flags.Error as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # ml_collections raises several types for a bad config file or override
+    cause = e.__cause__ or e.__context__
+    raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
+  if config is None and not FLAGS.matmul:
+    raise ConfigError(f"--config is required (or --matmul); {USAGE}")
+  return config
+
+
+def main(argv=None) -> int:
+  argv = sys.argv if argv is None else list(argv)
+  if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
+    print(f"{USAGE}\n\n{__doc__.strip()}\n\nflags:\n{FLAGS.module_help(__name__)}")
+    return 0
+  config = _parse(argv)
+  if FLAGS.matmul:
+    rows = [harness.matmul_ceiling(FLAGS.matmul_n)]
+  else:
+    rows = run(config, FLAGS.what, FLAGS.steps, FLAGS.warmup, FLAGS.batch, FLAGS.flops)
   for r in rows:
     line = json.dumps(r)
     print(line)
@@ -132,7 +150,8 @@ def main(argv):
         f.write(line + "\n")
   if not (FLAGS.matmul or FLAGS.count_only):
     print(markdown(rows))
+  return 0
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  sys.exit(cli.guarded(main))

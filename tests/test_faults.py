@@ -413,6 +413,29 @@ def test_report_on_missing_foreign_or_corrupt_run_is_one_line(finished, tmp_path
   assert "usage: python -m " + report in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+  "command", ["gradflow_prune.report", "benchmarks.run"], ids=["gradflow_report", "bench_run"]
+)
+def test_cli_without_input_or_with_an_unknown_option_is_one_line(command):
+  """No run folder / no --config, and an unknown option: one `error:` line naming the usage."""
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", command, *args],
+      cwd=ROOT,
+      env=env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for args in ([], ["--bogus"])
+  ]
+  for proc, words in zip(procs, (["usage: python -m " + command], ["bogus"]), strict=True):
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and not out, (proc.returncode, out, err[-3000:])
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert all(w in err for w in words), err
+
+
 def test_weights_hints_never_suggest_an_unsafe_torch_load(tmp_path, monkeypatch):
   from shared import workdir
   from shared.errors import DataError

@@ -47,8 +47,6 @@ README_COMMANDS = {
   "python -m gradflow_prune.report DIR...": [["gradflow_prune.report", "--help"]],
   "python -m benchmarks.run": [["benchmarks.run", "--help"]],
 }
-# Commands whose `--help` their owners have yet to add (they end in "unknown flag" today).
-NOT_YET = {"python -m gradflow_prune.report DIR...", "python -m benchmarks.run"}
 
 
 def readme_commands() -> set[str]:
@@ -92,17 +90,7 @@ def _run_all(argvs, tmp_path):
   return [(p, *p.communicate(timeout=300)) for p in procs]
 
 
-@pytest.mark.parametrize(
-  "line",
-  [
-    pytest.param(
-      k, marks=pytest.mark.xfail(reason="no --help yet (not this module's)", strict=False)
-    )
-    if k in NOT_YET
-    else k
-    for k in README_COMMANDS
-  ],
-)
+@pytest.mark.parametrize("line", list(README_COMMANDS))
 def test_readme_command_runs(line, tmp_path):
   runs = tmp_path / "runs" / "toy"
   runs.mkdir(parents=True)
