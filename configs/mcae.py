@@ -88,6 +88,8 @@ def get_config(arg=None):
         num_val=sizes[1],
         num_test=sizes[2],
         photo_fraction=0.25,
+        frames_per_video=3 if v == "tiny" else 4,  # frames of one video (scores pool per video)
+        shift="attack_and_camera",  # "camera": attack bands shared, only the cameras differ
         seed=0,  # the benchmark itself stays fixed across run seeds
       )
     )

@@ -1,10 +1,13 @@
-"""Scores, FAS metrics in both HTER conventions, ROC figures and the mean ± std tables.
+"""Scores, FAS metrics in both HTER conventions, per frame and per video, ROC figures, tables.
 
 Per sub-run (one method, protocol and seed):
-  hter_eer  HTER at the test set's own EER threshold (SSDG / SSAN / FLIP convention; ~ EER),
+  hter_eer  HTER at the test set's own EER threshold (SSDG / SSAN / FLIP convention; ~ EER): the
+            field's number, an oracle (the threshold is chosen on the test labels),
   hter_val  HTER at the threshold fixed on the sources' val data (EER point there): the number a
-            deployed model would get,
-  eer, auc, tpr_at_fpr_1pct on the target test set, and the source-val EER / AUC.
+            deployed model would get (honest),
+  eer, auc, tpr_at_fpr_1pct on the target test set, and the source-val EER / AUC;
+  video_*   the same at video level: a video's score is the mean of its frames' scores (video ids
+            from the data's 'video' field, per domain), the val threshold set on val videos.
 The "mean" protocol row averages the protocols within each seed, then mean ± std over seeds.
 """
 
@@ -18,10 +21,20 @@ import numpy as np
 
 from shared import data as data_lib
 from shared import train_lib
+from shared.errors import DataError
 from shared.metrics import fas_metrics, roc_points
 from shared.report import format_mean_std
 
-METRICS = ("hter_eer", "hter_val", "auc", "tpr_at_fpr_1pct", "eer")
+METRICS = (
+  "hter_eer",
+  "hter_val",
+  "auc",
+  "tpr_at_fpr_1pct",
+  "eer",
+  "video_hter_eer",
+  "video_hter_val",
+  "video_auc",
+)
 MEAN_ROW = "mean"
 INFO = ("params",)  # per-method facts the tables print beside the metrics
 
@@ -54,22 +67,64 @@ def predict(
   return np.concatenate(out).astype(np.float64)
 
 
-def fas_report(val_scores, val_labels, test_scores, test_labels) -> dict[str, float]:
-  """Target-test metrics in both conventions, plus the source-val numbers they rest on."""
-  val = fas_metrics(val_scores, val_labels)
-  test = fas_metrics(test_scores, test_labels)
-  honest = fas_metrics(test_scores, test_labels, threshold=val["threshold"])
-  return {
-    "hter_eer": test["hter"],
-    "hter_val": honest["hter"],
-    "eer": test["eer"],
-    "auc": test["auc"],
-    "tpr_at_fpr_1pct": test["tpr_at_fpr_1pct"],
-    "threshold_val": val["threshold"],
-    "threshold_test_eer": test["threshold"],
-    "val_eer": val["eer"],
-    "val_auc": val["auc"],
-  }
+def video_keys(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+  """One id per frame naming its video, unique across domains (each frame its own video when
+  the data has no 'video' field)."""
+  n = len(arrays["label"])
+  if "video" not in arrays:
+    return np.arange(n)
+  domain = arrays["domain"].astype(np.int64) if "domain" in arrays else np.zeros(n, np.int64)
+  return domain * (int(arrays["video"].max()) + 1) + arrays["video"].astype(np.int64)
+
+
+def video_scores(scores, labels, keys, what: str = "split") -> tuple[np.ndarray, np.ndarray]:
+  """(mean frame score, label) per video; a video whose frames disagree on the label is an error."""
+  unique, inverse = np.unique(keys, return_inverse=True)
+  counts = np.bincount(inverse)
+  means = np.bincount(inverse, weights=np.asarray(scores, np.float64)) / counts
+  live = np.bincount(inverse, weights=np.asarray(labels, np.float64))
+  mixed = (live > 0) & (live < counts)
+  if mixed.any():
+    raise DataError(
+      f"{what}: video {unique[mixed.argmax()]} has both live and spoof frames; a video is one or "
+      "the other (check photo_belong_to_video_ID)"
+    )
+  return means, (live == counts).astype(np.int32)
+
+
+def fas_report(
+  val_scores, val_labels, test_scores, test_labels, val_keys=None, test_keys=None
+) -> dict[str, float]:
+  """Target-test metrics in both conventions, per frame and per video (`*_keys`: video of each
+  frame, see `video_keys`; None = each frame its own video), plus the source-val numbers."""
+  out = {}
+  val_keys = np.arange(len(val_labels)) if val_keys is None else val_keys
+  test_keys = np.arange(len(test_labels)) if test_keys is None else test_keys
+  for level in ("frame", "video"):
+    vs, vl, ts, tl = val_scores, val_labels, test_scores, test_labels
+    if level == "video":
+      vs, vl = video_scores(vs, vl, val_keys, "source val")
+      ts, tl = video_scores(ts, tl, test_keys, "target test")
+    val = fas_metrics(vs, vl)
+    test = fas_metrics(ts, tl)
+    honest = fas_metrics(ts, tl, threshold=val["threshold"])
+    prefix = "" if level == "frame" else "video_"
+    out.update(
+      {
+        f"{prefix}hter_eer": test["hter"],
+        f"{prefix}hter_val": honest["hter"],
+        f"{prefix}eer": test["eer"],
+        f"{prefix}auc": test["auc"],
+        f"{prefix}tpr_at_fpr_1pct": test["tpr_at_fpr_1pct"],
+        f"{prefix}threshold_val": val["threshold"],
+        f"{prefix}threshold_test_eer": test["threshold"],
+        f"{prefix}val_eer": val["eer"],
+        f"{prefix}val_auc": val["auc"],
+      }
+    )
+    if level == "video":
+      out["num_test_videos"], out["num_val_videos"] = len(tl), len(vl)
+  return out
 
 
 def mean_roc(curves: Sequence[tuple[np.ndarray, np.ndarray]], grid: np.ndarray) -> np.ndarray:
@@ -147,10 +202,13 @@ def summarise(
 def markdown_tables(rows: Sequence[Mapping], protocols: Sequence[str], scale: float = 100.0) -> str:
   """One table per metric: methods x (protocols, mean), cells 'mean ± std' in percent."""
   titles = {
-    "hter_eer": "HTER % at the test set's EER threshold (the field's convention)",
-    "hter_val": "HTER % at the threshold fixed on source val data (honest)",
-    "auc": "AUC %",
-    "tpr_at_fpr_1pct": "TPR % at FPR = 1%",
+    "hter_eer": "Frame HTER % at the test set's own EER threshold (the field's convention; oracle)",
+    "hter_val": "Frame HTER % at the threshold fixed on source val data (honest)",
+    "video_hter_eer": "Video HTER % at the test videos' own EER threshold (field's; oracle)",
+    "video_hter_val": "Video HTER % at the threshold fixed on source val videos (honest)",
+    "auc": "Frame AUC %",
+    "video_auc": "Video AUC %",
+    "tpr_at_fpr_1pct": "Frame TPR % at FPR = 1%",
   }
   methods = list(dict.fromkeys(r["method"] for r in rows))
   columns = [*protocols, MEAN_ROW]

@@ -143,22 +143,36 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
     "method": spec,
     "protocol": proto.name,
     "seed": seed,
-    **evaluate.fas_report(val_scores, source_val["label"], test_scores, target_test["label"]),
+    **evaluate.fas_report(
+      val_scores,
+      source_val["label"],
+      test_scores,
+      target_test["label"],
+      evaluate.video_keys(source_val),
+      evaluate.video_keys(target_test),
+    ),
     "params": finetune.num_params(params),
     "selected_step": selection.best["step"] if selection and selection.best else plan.num_steps,
     "steps": plan.num_steps,
     "wall_time_s": round(time.time() - start, 2),
   }
   scores = dict(val_scores=val_scores, val_labels=source_val["label"], test_scores=test_scores)
-  save_arrays(os.path.join(folder, "scores.npz"), {**scores, "test_labels": target_test["label"]})
+  scores.update(
+    test_labels=target_test["label"],
+    val_videos=evaluate.video_keys(source_val),
+    test_videos=evaluate.video_keys(target_test),
+  )
+  save_arrays(os.path.join(folder, "scores.npz"), scores)
   logging.info(
-    "%s %s seed %d: HTER(test EER) %.2f%%, HTER(val thr) %.2f%%, AUC %.2f%% (%.1fs)",
+    "%s %s seed %d: HTER(test EER) %.2f%%, HTER(val thr) %.2f%%, AUC %.2f%%, video HTER(val "
+    "thr) %.2f%% (%.1fs)",
     spec,
     proto.name,
     seed,
     100 * result["hter_eer"],
     100 * result["hter_val"],
     100 * result["auc"],
+    100 * result["video_hter_val"],
     result["wall_time_s"],
   )
   return result

@@ -42,6 +42,23 @@ def test_proxy_fields_shapes_and_balance(proxy):
     np.testing.assert_array_equal(a["label"], (a["attack"] == 0).astype(np.int32))
 
 
+def test_proxy_frames_come_in_videos(proxy):
+  """Several frames per video (4 by default): one domain, content and attack type per video,
+  frames that differ (motion, sensor noise), and the thirds balanced as before."""
+  a = proxy["train"]
+  for d in range(4):
+    rows = np.flatnonzero(a["domain"] == d)
+    videos = a["video"][rows]
+    sizes = np.bincount(videos)
+    assert sizes.max() == 4 and (sizes > 0).sum() >= 30 // 4
+    for v in np.unique(videos):
+      frames = rows[videos == v]
+      assert len(set(a["attack"][frames])) == 1 and len(set(a["subject"][frames])) == 1
+      if len(frames) > 1:
+        assert not np.array_equal(a["image"][frames[0]], a["image"][frames[1]])
+  np.testing.assert_array_equal(fas_proxy.video_ids(7, 2), [0, 1, 2, 0, 1, 2, 3])
+
+
 def test_proxy_is_deterministic_and_cached(data_dir, proxy):
   again = data.load("fas_proxy", "val", data_dir=data_dir, **SMALL)  # from the .npz cache
   rebuilt = fas_proxy.build("val", data_dir, **SMALL)  # from scratch

@@ -17,7 +17,7 @@ from configs.mcae import get_config
 from mcae import evaluate, finetune, methods, pretrain
 from mcae.supcon import positive_groups, supcon_loss
 from shared import config_utils, train_lib
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError
 from shared.masks import random_masking
 from shared.models.vit import mae_loss, patchify, unpatchify
 
@@ -230,6 +230,41 @@ def test_fas_report_both_conventions():
   assert abs(r["hter_eer"] - r["eer"]) < 0.01
 
 
+def test_video_level_scores_pool_frames_per_video():
+  """A video's score is the mean of its frames'; video ids are per domain; a video with both
+  live and spoof frames is a DataError."""
+  rng = np.random.default_rng(0)
+  n_videos, frames = 60, 5
+  video_label = np.arange(n_videos) % 2
+  video = np.repeat(np.arange(n_videos), frames)
+  labels = video_label[video]
+
+  # Frame scores: a small per-video signal under large per-frame noise.
+  def split_scores(offset=0.0):
+    return 0.8 * (2 * labels - 1) + rng.normal(0, 2, len(labels)) + offset
+
+  val = {"label": labels, "video": video % 30, "domain": video // 30}  # ids repeat per domain
+  keys = evaluate.video_keys(val)
+  assert len(np.unique(keys)) == n_videos
+  val_scores, test_scores = split_scores(), split_scores(-1.0)
+  means, vlabels = evaluate.video_scores(test_scores, labels, keys)
+  np.testing.assert_allclose(means[0], test_scores[:frames].mean())
+  np.testing.assert_array_equal(vlabels, video_label)
+  r = evaluate.fas_report(val_scores, labels, test_scores, labels, keys, keys)
+  assert r["num_test_videos"] == n_videos
+  np.testing.assert_allclose(r["video_auc"], roc_auc_score(video_label, means), atol=1e-9)
+  assert r["video_auc"] > r["auc"] + 0.05  # averaging frames removes the per-frame noise
+  t = r["video_threshold_val"]  # fixed on the val videos, applied to the test videos
+  hter = (np.mean(means[video_label == 0] >= t) + np.mean(means[video_label == 1] < t)) / 2
+  np.testing.assert_allclose(r["video_hter_val"], hter)
+  frame_only = evaluate.fas_report(val_scores, labels, test_scores, labels)
+  assert frame_only["video_auc"] == frame_only["auc"]  # no video ids: each frame its own video
+  mixed = labels.copy()
+  mixed[1] = 1 - mixed[1]
+  with pytest.raises(DataError, match="both live and spoof"):
+    evaluate.video_scores(test_scores, mixed, keys)
+
+
 def test_summarise_mean_row_averages_protocols_within_seed():
   runs = []
   for seed, offset in ((0, 0.0), (1, 0.1)):
@@ -329,7 +364,10 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   assert all(r["name"] == f"{r['method']} | {r['held_out']}" for r in metrics["table"])
   assert metrics["lowest_mean_hter_eer"] in methods
   assert (tmp_path / "roc_d1_d2_d3-to-d0.png").stat().st_size > 1000
-  assert "HTER % at the threshold fixed on source val" in (tmp_path / "table.md").read_text()
+  table = (tmp_path / "table.md").read_text()
+  assert "Frame HTER % at the threshold fixed on source val data (honest)" in table
+  assert "Video HTER % at the test videos' own EER threshold (field's; oracle)" in table
+  assert all(r["num_test_videos"] == 10 for r in runs)  # 30 test frames, 3 per video
   pretrain_dirs = [d for d in os.listdir(tmp_path / "seed_0" / "d1_d2_d3-to-d0") if "pretrain" in d]
   assert len(pretrain_dirs) == 3  # MAE, SupCon and MCAE pre-training
   # Re-running the same command finds every sub-run done and reports the same numbers.

@@ -12,16 +12,20 @@ recaptured (spoof):
   of the screen's pixel grid with the camera's, a sinusoidal grating), specular glare.
 
 Each domain is a camera: its own white balance, exposure, optical blur, sensor noise, resolution
-and JPEG quality, applied to live and spoof alike. Each domain also draws the attack artefact
-parameters from its own band, and the four bands of every parameter are disjoint: whichever
-domain is held out, its artefacts were never seen in the sources (FAS-Aug / SARE warn that models
-over-fit artefact specifics). Bands are assigned per parameter by different permutations, so no
-domain is the extreme one everywhere.
+and JPEG quality, applied to live and spoof alike. By default (`shift="attack_and_camera"`) each
+domain also draws the attack artefact parameters from its own band, the four bands of every
+parameter disjoint (assigned by a different permutation per parameter): whichever domain is held
+out, its artefacts were never seen in the sources (FAS-Aug / SARE warn that models over-fit
+artefact specifics). `shift="camera"`: one shared range for all domains; only the cameras differ.
+
+Frames come in videos: one content and one attack instance (parameters drawn once) seen in
+`frames_per_video` frames that differ by a small motion and the camera's per-frame noise,
+exposure and JPEG. 'video' numbers the videos within each domain; one attack type per video.
 
 Content is disjoint across domains and splits: domain d owns 25 faces (15 train, 4 val, 6 test)
 and 7 photo regions (4 / 1 / 2). Everything is drawn from `seed`, so a build is deterministic.
 Labels: 'label' 1 = live, 0 = spoof (the FAS convention); 'attack' 0 live, 1 print, 2 replay;
-'domain' 0..3; 'subject' the content id (face index, or 100 + photo region).
+'domain' 0..3; 'subject' the content id (face index, or 100 + photo region); 'video'.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ ARTEFACTS = {
   "glare": ((0.1, 0.5), (2, 1, 0, 3)),
 }
 BAND_GAP = 0.15  # fraction of each band's width left empty on each side
+SHIFTS = ("attack_and_camera", "camera")  # what differs between domains
+PRINT_PARAMS = tuple(k for k in ARTEFACTS if k.startswith(("halftone", "paper", "print")))
+REPLAY_PARAMS = tuple(k for k in ARTEFACTS if k not in PRINT_PARAMS)
 
 SKIN_TONES = np.array(
   [
@@ -90,9 +97,12 @@ SKIN_TONES = np.array(
 )
 
 
-def artefact_band(name: str, domain: int) -> tuple[float, float]:
-  """The [low, high] range domain `domain` draws attack parameter `name` from."""
+def artefact_band(name: str, domain: int, shift: str = SHIFTS[0]) -> tuple[float, float]:
+  """The [low, high] range domain `domain` draws attack parameter `name` from: its own band, or
+  with `shift="camera"` the whole range, the same for every domain."""
   (lo, hi), order = ARTEFACTS[name]
+  if shift == "camera":
+    return lo, hi
   width = (hi - lo) / 4
   start = lo + order[domain] * width
   return start + BAND_GAP * width, start + (1 - BAND_GAP) * width
@@ -105,10 +115,12 @@ def info(
   num_test: int = 240,
   photo_fraction: float = 0.25,
   seed: int = 0,
+  frames_per_video: int = 4,
+  shift: str = SHIFTS[0],
 ) -> dict:
   """Classes (0 spoof, 1 live), image shape, domain and attack names, per-domain split sizes."""
   del photo_fraction, seed
-  _check(resolution, num_train, num_val, num_test)
+  _check(resolution, num_train, num_val, num_test, frames_per_video, shift)
   return {
     "num_classes": 2,
     "class_names": ["spoof", "live"],
@@ -122,7 +134,7 @@ def info(
   }
 
 
-@register("fas_proxy", splits=SPLITS, info=info)
+@register("fas_proxy", splits=SPLITS, info=info, version=2)
 def build(
   split: str,
   data_dir: str,
@@ -133,6 +145,8 @@ def build(
   num_test: int = 240,
   photo_fraction: float = 0.25,
   seed: int = 0,
+  frames_per_video: int = 4,
+  shift: str = SHIFTS[0],
 ) -> dict[str, np.ndarray]:
   """One split of all four domains, domain after domain.
 
@@ -142,12 +156,15 @@ def build(
       a third replay (the remainder goes to live).
     photo_fraction: share of contents that are natural-photo crops rather than faces.
     seed: draws the content partition and every rendering parameter.
+    frames_per_video: frames of each video (the last video of an attack type may have fewer).
+    shift: "attack_and_camera" (each domain its own attack parameter bands and camera) or
+      "camera" (one attack parameter range for all domains; only the cameras differ).
 
   Returns:
-    'image' uint8 [N, res, res, 3], 'label', 'attack', 'domain', 'subject'.
+    'image' uint8 [N, res, res, 3], 'label', 'attack', 'domain', 'subject', 'video'.
   """
   del data_dir  # Made from scikit-image's shipped images; nothing to read.
-  _check(resolution, num_train, num_val, num_test)
+  _check(resolution, num_train, num_val, num_test, frames_per_video, shift)
   if not 0.0 <= photo_fraction <= 1.0:
     raise DataError(f"fas_proxy: photo_fraction must be in [0, 1], got {photo_fraction}")
   n = dict(zip(SPLITS, (num_train, num_val, num_test), strict=True))[split]
@@ -158,13 +175,29 @@ def build(
     rng = np.random.default_rng([seed % 2**64, d, SPLITS.index(split)])
     parts.append(
       _render_domain(
-        rng, d, n, resolution, faces, photos, face_ids[d][split], regions[d][split], photo_fraction
+        rng,
+        d,
+        n,
+        resolution,
+        (faces, photos, face_ids[d][split], regions[d][split], photo_fraction),
+        frames_per_video,
+        shift,
       )
     )
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _check(resolution, num_train, num_val, num_test):
+def _check(resolution, num_train, num_val, num_test, frames_per_video=1, shift=SHIFTS[0]):
+  if shift not in SHIFTS:
+    raise DataError(f"fas_proxy: shift must be one of {', '.join(SHIFTS)}, got {shift!r}")
+  if (
+    isinstance(frames_per_video, bool)
+    or not isinstance(frames_per_video, int)
+    or (frames_per_video < 1)
+  ):
+    raise DataError(
+      f"fas_proxy: frames_per_video must be an integer >= 1, got {frames_per_video!r}"
+    )
   if resolution < 16 or resolution % 4:
     raise DataError(f"fas_proxy: resolution must be a multiple of 4 and >= 16, got {resolution}")
   for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
@@ -201,36 +234,51 @@ def _partition(seed: int, n_photos: int):
   return faces, regions
 
 
-def _render_domain(rng, domain, n, resolution, faces, photos, face_ids, regions, photo_fraction):
+def video_ids(n: int, frames_per_video: int) -> np.ndarray:
+  """Video of each of `n` frames whose attack is `i % 3`: runs of `frames_per_video` frames of
+  one attack type, so the thirds stay exactly as balanced as without videos."""
+  i = np.arange(n)
+  return (i % 3 + 3 * (i // (3 * frames_per_video))).astype(np.int32)
+
+
+def _render_domain(rng, domain, n, resolution, contents, frames_per_video, shift):
+  faces, photos, face_ids, regions, photo_fraction = contents
   render = 2 * resolution
   attack = np.arange(n) % 3  # balanced: live, print, replay in turn
+  video = video_ids(n, frames_per_video)
   images = np.zeros((n, resolution, resolution, 3), np.uint8)
   subject = np.zeros(n, np.int32)
+  scenes: dict[int, tuple[np.ndarray, int]] = {}  # the (at most 3) videos being filmed
   for i in range(n):
-    if rng.random() < photo_fraction:
-      region = int(regions[rng.integers(len(regions))])
-      content = _photo_crop(rng, photos, region, render)
-      subject[i] = NUM_FACES + region
-    else:
-      face = int(face_ids[rng.integers(len(face_ids))])
-      content = _face(rng, faces[face], render)
-      subject[i] = face
-    if attack[i] == 1:
-      content = print_attack(rng, content, domain)
-    elif attack[i] == 2:
-      content = replay_attack(rng, content, domain)
-    images[i] = camera(rng, content, domain, resolution)
+    if i % (3 * frames_per_video) == 0:
+      scenes.clear()
+    if video[i] not in scenes:  # a new video: its content and attack instance, drawn once
+      if rng.random() < photo_fraction:
+        region = int(regions[rng.integers(len(regions))])
+        scene, who = _photo_crop(rng, photos, region, render), NUM_FACES + region
+      else:
+        face = int(face_ids[rng.integers(len(face_ids))])
+        scene, who = _face(rng, faces[face], render), face
+      if attack[i]:
+        scene = (print_attack if attack[i] == 1 else replay_attack)(rng, scene, domain, shift)
+      scenes[video[i]] = scene, who
+    scene, subject[i] = scenes[video[i]]
+    images[i] = camera(rng, _motion(rng, scene), domain, resolution)
   return {
     "image": images,
     "label": (attack == 0).astype(np.int32),
     "attack": attack.astype(np.int32),
     "domain": np.full(n, domain, np.int32),
     "subject": subject,
+    "video": video,
   }
 
 
-# ----------------------------------------------------------------------------------------------
-# Contents.
+def _motion(rng, scene: np.ndarray) -> np.ndarray:
+  """A frame's small head / hand motion: a sub-pixel shift of up to 1 render pixel."""
+  from scipy.ndimage import shift
+
+  return shift(scene, (*rng.uniform(-1.0, 1.0, 2), 0), order=1, mode="nearest")
 
 
 def _resize(image: np.ndarray, size: int, anti_aliasing: bool = True) -> np.ndarray:
@@ -268,12 +316,10 @@ def _photo_crop(rng, photos, region: int, render: int) -> np.ndarray:
   return _resize(crop, render)
 
 
-# ----------------------------------------------------------------------------------------------
-# Attacks (on the content at the render size, float RGB in [0, 1]).
-
-
-def _draw(rng, name: str, domain: int) -> float:
-  return float(rng.uniform(*artefact_band(name, domain)))
+def attack_params(rng, kind: str, domain: int, shift: str = SHIFTS[0]) -> dict[str, float]:
+  """One attack instance's artefact parameters ("print" or "replay"), each from its band."""
+  names = PRINT_PARAMS if kind == "print" else REPLAY_PARAMS
+  return {name: float(rng.uniform(*artefact_band(name, domain, shift))) for name in names}
 
 
 def _grid(size: int):
@@ -281,16 +327,17 @@ def _grid(size: int):
   return np.meshgrid(coords, coords, indexing="ij")
 
 
-def print_attack(rng, image: np.ndarray, domain: int) -> np.ndarray:
+def print_attack(rng, image: np.ndarray, domain: int, shift: str = SHIFTS[0]) -> np.ndarray:
   """A photo print: gamut compression, CMY halftone screen, paper texture."""
   from scipy.ndimage import gaussian_filter
 
+  p = attack_params(rng, "print", domain, shift)
   size = image.shape[0]
   grey = image.mean(axis=-1, keepdims=True)
-  out = grey + _draw(rng, "print_saturation", domain) * (image - grey)
-  black, white = _draw(rng, "print_black", domain), _draw(rng, "print_white", domain)
+  out = grey + p["print_saturation"] * (image - grey)
+  black, white = p["print_black"], p["print_white"]
   out = black + (white - black) * out
-  freq, angle = _draw(rng, "halftone_freq", domain), _draw(rng, "halftone_angle", domain)
+  freq, angle = p["halftone_freq"], p["halftone_angle"]
   yy, xx = _grid(size)
   screened = np.empty_like(out)
   for c, offset in enumerate((15.0, 75.0, 0.0)):  # classic CMY screen angles, rotated together
@@ -301,35 +348,32 @@ def print_attack(rng, image: np.ndarray, domain: int) -> np.ndarray:
     # Ink coverage 1 - value; a dot is inked where the screen is below the coverage.
     screened[..., c] = 1.0 - (dots < (1.0 - out[..., c])).astype(np.float64)
   screened = gaussian_filter(screened, (0.5, 0.5, 0))  # ink spread
-  mix = _draw(rng, "halftone_mix", domain)
+  mix = p["halftone_mix"]
   out = (1 - mix) * out + mix * screened
   fibres = gaussian_filter(rng.normal(size=(size, size)), 1.2)
   fibres /= fibres.std() + 1e-8
-  out = out * (1.0 + _draw(rng, "paper_texture", domain) * fibres[..., None])
+  out = out * (1.0 + p["paper_texture"] * fibres[..., None])
   return np.clip(out, 0.0, 1.0)
 
 
-def replay_attack(rng, image: np.ndarray, domain: int) -> np.ndarray:
+def replay_attack(rng, image: np.ndarray, domain: int, shift: str = SHIFTS[0]) -> np.ndarray:
   """A screen replay: gamma and colour cast, backlight leak, moire, specular glare."""
+  p = attack_params(rng, "replay", domain, shift)
   size = image.shape[0]
-  out = image ** _draw(rng, "screen_gamma", domain)
-  out = out * np.array([1.0, 1.0, _draw(rng, "screen_blue", domain)])
-  leak = _draw(rng, "backlight", domain)
+  out = image ** p["screen_gamma"]
+  out = out * np.array([1.0, 1.0, p["screen_blue"]])
+  leak = p["backlight"]
   out = leak + (1 - leak) * out
   yy, xx = _grid(size)
-  freq, angle = _draw(rng, "moire_freq", domain), np.deg2rad(_draw(rng, "moire_angle", domain))
+  freq, angle = p["moire_freq"], np.deg2rad(p["moire_angle"])
   phase = rng.uniform(0, 2 * np.pi)
   grating = np.cos(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
-  out = out * (1.0 + _draw(rng, "moire_amplitude", domain) * grating[..., None])
+  out = out * (1.0 + p["moire_amplitude"] * grating[..., None])
   cy, cx = rng.uniform(0.1, 0.9, 2)
   radius = rng.uniform(0.12, 0.3)
   glare = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
-  out = out + _draw(rng, "glare", domain) * glare[..., None]
+  out = out + p["glare"] * glare[..., None]
   return np.clip(out, 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Camera.
 
 
 def camera(rng, scene: np.ndarray, domain: int, resolution: int) -> np.ndarray:
