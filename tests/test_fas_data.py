@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from scipy.stats import ks_2samp
 
 from shared import data
 from shared.data import fas_proxy
@@ -86,6 +87,34 @@ def test_artefact_bands_are_disjoint_between_domains():
     d: sum(order[d] in (0, 3) for _, order in fas_proxy.ARTEFACTS.values()) for d in range(4)
   }
   assert max(extremes.values()) < len(fas_proxy.ARTEFACTS)
+
+
+@pytest.mark.parametrize("kind", ["print", "replay"])
+def test_camera_only_shift_shares_the_attack_parameters(data_dir, kind):
+  """shift="camera": every domain draws the attack parameters from one distribution (the same
+  range; samples pass a two-sample KS test), while its images still differ (its camera); the
+  default shift keeps them apart (disjoint bands)."""
+  draws = {}
+  for shift in fas_proxy.SHIFTS:
+    for d in (0, 1):
+      rng = np.random.default_rng([7, d])
+      draws[shift, d] = [fas_proxy.attack_params(rng, kind, d, shift) for _ in range(300)]
+  for name in draws["camera", 0][0]:
+    assert len({fas_proxy.artefact_band(name, d, "camera") for d in range(4)}) == 1
+    samples = {k: np.array([p[name] for p in v]) for k, v in draws.items()}
+    assert ks_2samp(samples["camera", 0], samples["camera", 1]).pvalue > 1e-3, name
+    lo0, hi0 = samples["attack_and_camera", 0].min(), samples["attack_and_camera", 0].max()
+    lo1, hi1 = samples["attack_and_camera", 1].min(), samples["attack_and_camera", 1].max()
+    assert hi0 < lo1 or hi1 < lo0, name  # the default: disjoint bands
+  a = fas_proxy.build("val", data_dir, **{**SMALL, "shift": "camera"})
+  red_over_blue = [
+    (lambda x: x[..., 0].mean() / x[..., 2].mean())(a["image"][a["domain"] == d].astype(float))
+    for d in (0, 1)
+  ]
+  # Camera 0 is warm (white balance 1.08 / 0.86), camera 1 cool (0.88 / 1.12).
+  assert red_over_blue[0] > 1.15 * red_over_blue[1]
+  with pytest.raises(DataError, match="shift"):
+    fas_proxy.build("val", data_dir, **{**SMALL, "shift": "attack"})
 
 
 def test_attacks_leave_their_traces():
