@@ -20,7 +20,7 @@ from shared import fd, stages
 from shared.errors import ConfigError
 from shared.metrics import FeatureStats
 from shared.models import unet
-from shared.workdir import read_json, write_json
+from shared.workdir import read_json, save_npz, write_json
 
 
 def _extractor(config, eval_dir: str, train: dict) -> fd.FeatureExtractor:
@@ -135,7 +135,6 @@ class Evaluator:
         self.teacher_samples = f["samples"]
       return cached["row"]
     row = self.evaluate(kit, params, "teacher")
-    if jax.process_index() == 0:
-      np.savez(samples_path, samples=self.teacher_samples)
+    save_npz(samples_path, {"samples": self.teacher_samples})  # process 0, atomic
     write_json(row_path, {"source": source, "row": row})
     return row

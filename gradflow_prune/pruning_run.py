@@ -31,6 +31,7 @@ from shared.workdir import (
   load_params,
   read_json,
   read_state_dict,
+  save_npz,
   save_params,
   write_json,
 )
@@ -75,7 +76,7 @@ def importance_fn(config, kit: Toolkit, groups, train01, seed):
 
 
 def _save_masks(path, masks):
-  np.savez(path, **{k: np.asarray(v) for k, v in masks.items()})
+  save_npz(path, masks, every_process=True)  # atomic; read back by read_state_dict
 
 
 def _load_masks(path):

@@ -35,13 +35,14 @@ def main(argv=None) -> int:
   import numpy as np  # noqa: PLC0415
 
   from gradflow_prune import evaluate, export  # noqa: PLC0415
+  from shared.workdir import save_npz  # noqa: PLC0415
 
   model = export.load(args.model_dir)
   x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *model.image_shape))
   images = np.asarray(model.sample(x_T, ddim_steps=args.ddim_steps))
   evaluate.save_grid(images, args.out, title=args.model_dir)
   if args.npz:
-    np.savez(args.npz, samples=images)
+    save_npz(args.npz, {"samples": images})
   print(f"wrote {args.out} ({args.num} samples)")
   return 0
 

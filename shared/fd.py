@@ -34,6 +34,7 @@ from shared import stages, train_lib, workdir
 from shared.errors import ConfigError, DataError
 from shared.metrics import FeatureStats
 from shared.models import inception
+from shared.models.resnet import ResNetClassifier
 
 INCEPTION_NAME = "inception_v3_fid_pool3"
 
@@ -80,6 +81,7 @@ class ConvClassifier(nn.Module):
 _ARCHITECTURES = {
   "conv_classifier": (ConvClassifier, "features", None),
   "fid_inception_v3": (inception.FIDInceptionV3, "__call__", inception.resize_for_inception),
+  "resnet_classifier": (ResNetClassifier, "features", None),  # shared.judge
 }
 
 
@@ -167,7 +169,10 @@ class FeatureExtractor:
     return stages.batched_apply(features, images, self.batch_size)
 
   def save(self, path) -> None:
-    """Writes variables and metadata to one .npz (loadable with `FeatureExtractor.load`)."""
+    """Writes variables and metadata to one .npz (loadable with `FeatureExtractor.load`).
+
+    Atomic (`shared.workdir.save_npz`): an interrupted save leaves the previous file, or none.
+    """
     meta = {
       "name": self.name,
       "arch": self.arch,
@@ -176,7 +181,8 @@ class FeatureExtractor:
       "info": self.info,
     }
     flat = traverse_util.flatten_dict(jax.device_get(dict(self.variables)), sep="/")
-    np.savez(path, __meta__=np.array(json.dumps(meta)), **{f"v/{k}": v for k, v in flat.items()})
+    arrays = {"__meta__": np.array(json.dumps(meta)), **{f"v/{k}": v for k, v in flat.items()}}
+    workdir.save_npz(path, arrays, every_process=True)
 
   @classmethod
   def load(cls, path, batch_size: int = 256) -> "FeatureExtractor":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from shared import workdir
 from shared.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +227,9 @@ class FeatureStats:
     return frechet_distance(self.mean, self.cov, other.mean, other.cov)
 
   def save(self, path) -> None:
-    """Writes count, mean and M2 to an .npz file (reference statistics can be cached)."""
-    np.savez(path, count=np.int64(self.count), mean=self._mean, m2=self._m2)
+    """Writes count, mean and M2 to an .npz file, atomically (reference statistics are cached)."""
+    arrays = {"count": np.int64(self.count), "mean": self._mean, "m2": self._m2}
+    workdir.save_npz(path, arrays, every_process=True)
 
   @classmethod
   def load(cls, path) -> "FeatureStats":

@@ -7,6 +7,7 @@
   read_result(path)                  such a result, or None
   save_params(path, params) / load_params(path)    a params pytree as a flat .npz ('a/b/kernel')
   save_arrays(path, arrays) / load_arrays(path)    name -> array as .npz (scores, tokens, caches)
+  save_npz(path, arrays)             plain .npz, what np.savez writes (format-fixed caches, exports)
   save_array(path, array) / load_array(path)       one array as .npy (figures' samples)
   write_text(path, text)             a table or summary (markdown), on process 0
   read_state_dict(path)              name -> numpy array from .npz, .safetensors or a PyTorch file
@@ -158,16 +159,40 @@ def write_text(path: str, text: str, *, every_process: bool = False) -> None:
     _atomic(path, lambda f: f.write(text))
 
 
+def _write_npz(path: str, arrays: Mapping[str, Any]) -> None:
+  """`np.savez(path, **arrays)`'s file, written through a temporary name and renamed into place."""
+  host = {k: np.asarray(v) for k, v in arrays.items()}
+  _atomic(path, lambda f: np.savez(f, **host), mode="wb")
+
+
+def save_npz(path: str, arrays: Mapping[str, Any], *, every_process: bool = False) -> str:
+  """name -> array as the uncompressed .npz `np.savez(path, **arrays)` writes, atomically.
+
+  Nothing is added (no config hash, unlike `save_arrays`), so files whose format readers rely on
+  (feature extractors, statistics, masks, samples) keep it. As `np.savez`, '.npz' is appended to
+  a path without it. Process 0 writes unless told otherwise.
+
+  Returns:
+    The path written.
+  """
+  path = os.fspath(path)
+  if not path.endswith(".npz"):
+    path += ".npz"
+  if every_process or _is_writer():
+    _write_npz(path, arrays)
+  return path
+
+
 def save_arrays(path: str, arrays: Mapping[str, Any], *, every_process: bool = False) -> None:
   """name -> array as an uncompressed .npz, atomically (process 0 unless told otherwise).
 
   Under `shared.app` the file also holds the run's config hash (`load_arrays` checks and drops it).
   """
   if every_process or _is_writer():
-    host = {k: np.asarray(v) for k, v in arrays.items()}
+    host = dict(arrays)
     if manifest.current() is not None:
       host[ARRAYS_HASH_KEY] = np.asarray(manifest.current())
-    _atomic(path, lambda f: np.savez(f, **host), mode="wb")
+    _write_npz(path, host)
 
 
 def save_array(path: str, array: Any) -> None:
@@ -223,8 +248,7 @@ def save_params(path: str, params: PyTree, dtype=np.float32) -> None:
   if not _is_writer():
     return
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  arrays = {k: np.asarray(v, dtype) for k, v in flat.items()}
-  _atomic(path, lambda f: np.savez(f, **arrays), mode="wb")
+  _write_npz(path, {k: np.asarray(v, dtype) for k, v in flat.items()})
 
 
 def load_params(path: str, *, recover: str | None = None) -> PyTree:

@@ -368,6 +368,68 @@ def test_sigkill_inside_a_metrics_row_is_cut_off_by_the_next_writer(tmp_path):
   assert [json.loads(x)["step"] for x in lines] == [1, 2]
 
 
+def test_npz_writes_interrupted_half_way_leave_the_previous_file(tmp_path, monkeypatch):
+  """Every .npz cache (workdir's helpers, FD extractors and statistics, gradflow masks) is written
+  through a temporary file: np.savez failing half-way keeps the old file byte-identical."""
+  import io
+
+  import numpy as np
+
+  from gradflow_prune import pruning_run
+  from shared import fd, workdir
+  from shared.metrics import FeatureStats
+
+  extractor = lambda scale: fd.FeatureExtractor(
+    "tiny", "conv_classifier", {"num_classes": 2, "widths": [4]}, {"w": np.ones(3) * scale}
+  )
+  stats = lambda scale: FeatureStats().update(np.arange(12.0).reshape(4, 3) * scale)
+  writers = {
+    "npz.npz": lambda p, v: workdir.save_npz(p, {"a": np.arange(5) * v}),
+    "arrays.npz": lambda p, v: workdir.save_arrays(p, {"a": np.arange(5) * v}),
+    "params.npz": lambda p, v: workdir.save_params(p, {"w": {"kernel": np.ones(2) * v}}),
+    "features.npz": lambda p, v: extractor(v).save(p),
+    "stats.npz": lambda p, v: stats(v).save(p),
+    "masks.npz": lambda p, v: pruning_run._save_masks(p, {"g.out": np.ones(4) * v}),
+  }
+  readers = {
+    "features.npz": lambda p: dict(fd.FeatureExtractor.load(p).variables),
+    "stats.npz": lambda p: {"mean": FeatureStats.load(p).mean, "cov": FeatureStats.load(p).cov},
+  }
+  real_savez = np.savez
+
+  def half_then_fail(file, *args, **kwds):
+    buffer = io.BytesIO()
+    real_savez(buffer, *args, **kwds)
+    half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    if hasattr(file, "write"):
+      file.write(half)
+    else:  # a writer that is not atomic: its file is torn in place (and the test fails)
+      with open(file if str(file).endswith(".npz") else f"{file}.npz", "wb") as f:
+        f.write(half)
+    raise OSError(28, "No space left on device")
+
+  written = []
+  for name, write in writers.items():
+    path = str(tmp_path / name)
+    write(path, 1)
+    written.append(name)
+    before = (tmp_path / name).read_bytes()
+    read = readers.get(name, workdir.read_state_dict)
+    good = read(path)
+    monkeypatch.setattr(np, "savez", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+      write(path, 2)
+    with pytest.raises(OSError, match="No space"):
+      write(str(tmp_path / f"new_{name}"), 2)  # a first write fails: nothing is left
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert (tmp_path / name).read_bytes() == before, name
+    again = read(path)
+    assert again.keys() == good.keys() and all(np.array_equal(again[k], good[k]) for k in good), (
+      name
+    )
+    assert sorted(os.listdir(tmp_path)) == sorted(written), name
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports and advice
 

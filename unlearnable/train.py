@@ -230,9 +230,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f"x{jax.device_count()}.",
     ]
   )
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-      f.write(text + "\n")
+  workdir_lib.write_text(os.path.join(workdir, "table.md"), text + "\n")  # process 0, atomic
   print(text, flush=True)
   metrics: dict = {f"{v}/{m}": final[m][v][0] for m in methods for v in victims if v in final[m]}
   metrics["num_classes"] = num_classes
