@@ -36,7 +36,8 @@ METRICS = (
   "video_auc",
 )
 MEAN_ROW = "mean"
-INFO = ("params",)  # per-method facts the tables print beside the metrics
+# Per-method facts the tables print beside the metrics (the same for every run, or averaged).
+INFO = ("params", "pretrain_steps", "pretrain_batch_size", "steps", "batch_size", "examples_seen")
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -212,10 +213,23 @@ def markdown_tables(rows: Sequence[Mapping], protocols: Sequence[str], scale: fl
   }
   methods = list(dict.fromkeys(r["method"] for r in rows))
   columns = [*protocols, MEAN_ROW]
-  out = ["**Methods** (the classifier that is evaluated)", "", "| method | params |", "|---|---|"]
+  summary = ("hter_val", "video_hter_val", "hter_eer", "video_hter_eer", "auc")
+  out = [
+    "**Summary**: mean over protocols (± std over seeds), with each method's classifier size and",
+    "compute: pre-training steps x batch + classifier steps run (to convergence) x batch, mean",
+    "over runs",
+    "",
+    "| method | params | compute (steps x batch) | examples | frame HTER % (honest) | "
+    "video HTER % (honest) | frame HTER % (oracle) | video HTER % (oracle) | frame AUC % |",
+    "|---" * 9 + "|",
+  ]
   for method in methods:
     mean = next(r for r in rows if r["method"] == method and r["protocol"] == MEAN_ROW)
-    out.append(f"| {method} | {_count(mean.get('params'))} |")
+    cells = [_count(mean.get("params")), _compute(mean), _count(mean.get("examples_seen"))]
+    for metric in summary:
+      values = [scale * v for v in mean[f"{metric}_seeds"]]
+      cells.append(format_mean_std(values, 1) if values else "—")
+    out.append(f"| {method} | " + " | ".join(cells) + " |")
   out.append("")
   for metric, title in titles.items():
     out += [f"**{title}** (mean ± std over seeds)", ""]
@@ -240,3 +254,13 @@ def _count(n) -> str:
     if n >= scale:
       return f"{n / scale:.1f}{suffix}"
   return str(int(n))
+
+
+def _compute(row) -> str:
+  """'200x32 + 163x32' (pre-training + classifier), or '540x32' without pre-training."""
+  if row.get("steps") is None:
+    return "—"
+  head = f"{row['steps']:.0f}x{row['batch_size']:.0f}"
+  if row.get("pretrain_steps"):
+    return f"{row['pretrain_steps']:.0f}x{row['pretrain_batch_size']:.0f} + {head}"
+  return head

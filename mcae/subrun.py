@@ -5,8 +5,10 @@
                                                ablations) whose pre-training config hashes to <h>
 
 A finished sub-run is read back from its `subrun.json`; an interrupted one resumes from its last
-checkpoint. The held-out domain is used for its test split only: the model is selected (when
-`finetune.select_every` > 0) and the honest threshold fixed on the sources' val splits.
+checkpoint. The held-out domain is used for its test split only: the classifier trains to
+convergence on the sources' val split (`mcae.selection`: best source-val AUC every
+`convergence.eval_every` steps, early stop after `convergence.patience` evaluations without a
+better one) and the honest threshold is fixed there too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ml_collections
 
 from mcae import evaluate, finetune, methods, stage_builders
 from mcae.protocols import Protocol, select
-from mcae.selection import BestValSelection
+from mcae.selection import BestValSelection, EarlyStop
 from shared import data as data_lib
 from shared import stages
 from shared.models.vit import init_classifier_from_mae
@@ -70,9 +72,8 @@ def _train(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folde
   )
 
 
-def _pretrain(ctx, mcfg, name, proto, seed, key, source_train):
+def _pretrain(ctx, mcfg, pretrain_cfg, proto, seed, key, source_train):
   """Runs (or resumes, or reuses) the pre-training stage; returns its params."""
-  pretrain_cfg = methods.pretrain_config(mcfg, name)
   folder_id = stage_builders.pretrain_folder_id(ctx, mcfg, pretrain_cfg)
   folder = os.path.join(ctx.workdir, f"seed_{seed}", proto.slug, f"pretrain-{folder_id}")
   stage = stage_builders.pretrain_stage(ctx, mcfg, pretrain_cfg)
@@ -92,6 +93,21 @@ def _pretrain(ctx, mcfg, name, proto, seed, key, source_train):
   return state.params
 
 
+def _compute(pre_cfg, steps_run: int, plan) -> dict:
+  """What a method trained on: pre-training steps x batch (fixed length) + classifier steps run
+  (to convergence or the cap) x batch, and the examples that adds up to."""
+  pre_steps, pre_batch = (pre_cfg.num_steps, pre_cfg.batch_size) if pre_cfg else (0, 0)
+  batch = plan.loss_cfg.batch_size
+  return {
+    "pretrain_steps": pre_steps,
+    "pretrain_batch_size": pre_batch,
+    "steps": steps_run,
+    "max_steps": plan.num_steps,
+    "batch_size": batch,
+    "examples_seen": pre_steps * pre_batch + steps_run * batch,
+  }
+
+
 def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, splits) -> dict:
   start = time.time()
   folder = subrun_folder(ctx.workdir, seed, proto, spec)
@@ -102,9 +118,10 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
   source_val = select(splits["val"], proto.sources, f"{proto.name}: source val")
   target_test = select(splits["test"], [proto.target], f"{proto.name}: target test")
 
-  pre_params = None
+  pre_params = pre_cfg = None
   if mcfg.method_table[name].pretrain is not None:
-    pre_params = _pretrain(ctx, mcfg, name, proto, seed, key, source_train)
+    pre_cfg = methods.pretrain_config(mcfg, name)
+    pre_params = _pretrain(ctx, mcfg, pre_cfg, proto, seed, key, source_train)
   plan = stage_builders.classifier_stage(ctx, mcfg, name, pretrained=pre_params is not None)
   stage = plan.stage
   state = stage.create(jax.random.fold_in(key, 2))
@@ -112,26 +129,38 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
     params = init_classifier_from_mae(state.params, pre_params["backbone"])
     state = state.replace(params=jax.device_put(params, stage.sharding.params))
   del pre_params  # the classifier holds its own copy now
+  conv = mcfg.convergence
   selection = None
-  if mcfg.finetune.select_every > 0:
+  if conv.eval_every > 0:
     selection = BestValSelection(
-      stage, folder, source_val, ctx.config.eval_batch_size, ctx.data_sharding
+      stage,
+      folder,
+      source_val,
+      ctx.config.eval_batch_size,
+      ctx.data_sharding,
+      every=conv.eval_every,
+      patience=conv.patience,
     )
-  state = _train(
-    ctx,
-    stage,
-    state,
-    source_train,
-    CLASSIFIER_FIELDS,
-    plan.num_steps,
-    plan.loss_cfg.batch_size,
-    seed * 1000 + 2,
-    folder,
-    f"{spec}[{proto.name}, seed {seed}]",
-    hooks=(selection,) if selection else (),
-    hook_every=mcfg.finetune.select_every,
-  )
+  steps_run = plan.num_steps
+  try:
+    state = _train(
+      ctx,
+      stage,
+      state,
+      source_train,
+      CLASSIFIER_FIELDS,
+      plan.num_steps,
+      plan.loss_cfg.batch_size,
+      seed * 1000 + 2,
+      folder,
+      f"{spec}[{proto.name}, seed {seed}]",
+      hooks=(selection,) if selection else (),
+      hook_every=conv.eval_every,
+    )
+  except EarlyStop as stop:  # the state was donated to the last step; the best is on disk
+    steps_run, state = stop.step, None
   params, model_state = selection.restore(state) if selection else (state.params, state.model_state)
+  del state
 
   def score(arrays):
     return evaluate.predict(
@@ -152,8 +181,8 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
       evaluate.video_keys(target_test),
     ),
     "params": finetune.num_params(params),
-    "selected_step": selection.best["step"] if selection and selection.best else plan.num_steps,
-    "steps": plan.num_steps,
+    "selected_step": selection.best["step"] if selection and selection.best else steps_run,
+    **_compute(pre_cfg, steps_run, plan),
     "wall_time_s": round(time.time() - start, 2),
   }
   scores = dict(val_scores=val_scores, val_labels=source_val["label"], test_scores=test_scores)

@@ -17,6 +17,7 @@ from configs.mcae import get_config
 from mcae import evaluate, finetune, methods, pretrain
 from mcae.supcon import positive_groups, supcon_loss
 from shared import config_utils, train_lib
+from shared.data import fas_proxy
 from shared.errors import ConfigError, DataError
 from shared.masks import random_masking
 from shared.models.vit import mae_loss, patchify, unpatchify
@@ -265,19 +266,60 @@ def test_video_level_scores_pool_frames_per_video():
     evaluate.video_scores(test_scores, mixed, keys)
 
 
+def test_convergence_keeps_the_best_val_auc_and_stops_on_a_plateau(tmp_path, monkeypatch):
+  """Source-val AUC per evaluation 0.6, 0.8 (best), 0.7, 0.8 (a tie is no better): with
+  patience 2 and an evaluation every 10 steps training stops at step 40, the step-20 params
+  are the ones restored, and a resumed run keeps the best and the patience."""
+  from types import SimpleNamespace
+
+  from mcae import selection
+
+  labels = np.r_[np.ones(50), np.zeros(50)].astype(int)
+
+  def scores_with_auc(auc):  # live scores above spoof ones for a share `auc` of the pairs
+    cut = int(round(auc * 100))
+    return np.r_[np.arange(50) + cut, np.arange(50) + 50].astype(float)
+
+  aucs = {10: 0.6, 20: 0.8, 30: 0.7, 40: 0.8, 50: 0.9}
+  fake = lambda score, params, *a: scores_with_auc(aucs[int(params["step"])])
+  monkeypatch.setattr(selection.evaluate, "predict", fake)
+  stage = SimpleNamespace(score=None, sharding=SimpleNamespace(params=None, model_state=None))
+  val = {"image": np.zeros((100, 1)), "label": labels}
+  state = lambda step: SimpleNamespace(params={"step": np.asarray(step)}, model_state={})
+  hook = selection.BestValSelection(stage, str(tmp_path), val, 32, None, every=10, patience=2)
+  seen = [hook(step, state(step))["select_val_auc"] for step in (10, 20, 30)]
+  assert seen[1] == max(seen) and hook.best["step"] == 20
+  resumed = selection.BestValSelection(stage, str(tmp_path), val, 32, None, every=10, patience=2)
+  assert resumed.best["step"] == 20
+  with pytest.raises(selection.EarlyStop) as stop:
+    resumed(40, state(40))
+  assert stop.value.step == 40
+  params, _ = resumed.restore()
+  assert int(params["step"]) == 20
+  # patience 0: never stops early, still keeps the best.
+  forever = selection.BestValSelection(stage, str(tmp_path / "p0"), val, 32, None, every=10,
+                                       patience=0)  # fmt: skip
+  for step in (10, 20, 30, 40):
+    forever(step, state(step))
+  assert forever.best["step"] == 20
+
+
 def test_summarise_mean_row_averages_protocols_within_seed():
   runs = []
   for seed, offset in ((0, 0.0), (1, 0.1)):
     for protocol, v in (("a", 0.1), ("b", 0.3)):
       m = {k: v + offset for k in evaluate.METRICS}
-      runs.append({"method": "m", "protocol": protocol, "seed": seed, "params": 1234, **m})
+      info = dict(params=1234, pretrain_steps=10, pretrain_batch_size=8, steps=20 + seed)
+      info.update(batch_size=4, examples_seen=160 + 4 * (20 + seed))
+      runs.append({"method": "m", "protocol": protocol, "seed": seed, **info, **m})
   rows = evaluate.summarise(runs, ["m"], ["a", "b"])
   mean = next(r for r in rows if r["protocol"] == "mean")
   np.testing.assert_allclose(mean["hter_eer_seeds"], [0.2, 0.3])
   np.testing.assert_allclose(mean["hter_eer_std"], np.std([0.2, 0.3], ddof=1))
   table = evaluate.markdown_tables(rows, ["a", "b"])
   assert "| m | 15.0 ± 7.1 | 35.0 ± 7.1 | 25.0 ± 7.1 |" in table
-  assert "| m | 1.2K |" in table  # the parameter count beside each method
+  # The parameter count and the compute (mean steps run x batch) beside the HTERs.
+  assert "| m | 1.2K | 10x8 + 20x4 | 242 | 25.0 ± 7.1 |" in table
 
 
 @pytest.mark.parametrize("variant, width", [(None, 4), ("compare", 64), ("paper", 64)])
@@ -367,7 +409,13 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   table = (tmp_path / "table.md").read_text()
   assert "Frame HTER % at the threshold fixed on source val data (honest)" in table
   assert "Video HTER % at the test videos' own EER threshold (field's; oracle)" in table
-  assert all(r["num_test_videos"] == 10 for r in runs)  # 30 test frames, 3 per video
+  videos = len(np.unique(fas_proxy.video_ids(30, 3)))  # 30 test frames, 3 per video: 12 videos
+  assert all(r["num_test_videos"] == videos for r in runs)
+  for r in runs:  # compute: pre-training steps x batch + classifier steps run x batch
+    assert 0 < r["steps"] <= r["max_steps"] and r["selected_step"] <= r["steps"]
+    pre = r["pretrain_steps"] * r["pretrain_batch_size"]
+    assert r["examples_seen"] == pre + r["steps"] * r["batch_size"]
+  assert "compute (steps x batch)" in table
   pretrain_dirs = [d for d in os.listdir(tmp_path / "seed_0" / "d1_d2_d3-to-d0") if "pretrain" in d]
   assert len(pretrain_dirs) == 3  # MAE, SupCon and MCAE pre-training
   # Re-running the same command finds every sub-run done and reports the same numbers.
