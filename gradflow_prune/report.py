@@ -224,12 +224,14 @@ def render(*workdirs: str) -> str:
   return "\n".join(out) + "\n"
 
 
+USAGE = "usage: python -m gradflow_prune.report RUN_DIR [RUN_DIR ...]"
+
+
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if not argv:
-    print(__doc__.strip().splitlines()[0], file=sys.stderr)
-    return 2
-  print(render(*argv), end="")
+  runs = cli.run_folders(argv, USAGE, __doc__.strip().splitlines()[0])
+  if runs is None:
+    return 0
+  print(render(*runs), end="")
   return 0
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from shared.errors import UserError
+from shared.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -37,3 +37,26 @@ def guarded(main: Callable[..., int | None], *args, **kwargs) -> int:
   except UserError as e:
     fail(e)
   return 0 if code is None else int(code)
+
+
+def run_folders(argv: list[str] | None, usage: str, about: str, *, at_most: int | None = None,
+                default: str | None = None) -> list[str] | None:
+  """The run folders a report command was given, or None after printing its `--help`.
+
+  `usage` is the one-line usage, `about` what the command prints; no folder is a ConfigError
+  naming the usage unless `default` is given; more than `at_most` folders is one too.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in ("-h", "--help") for a in argv):
+    print(f"{usage}\n\n{about}")
+    return None
+  unknown = [a for a in argv if a.startswith("-")]
+  if unknown:
+    raise ConfigError(f"unknown option {unknown[0]!r}; {usage}")
+  if not argv:
+    if default is None:
+      raise ConfigError(f"no run folder given; {usage}")
+    argv = [default]
+  if at_most is not None and len(argv) > at_most:
+    raise ConfigError(f"{at_most} run folder(s) at most, got {len(argv)}; {usage}")
+  return argv

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from shared import cli
-from shared.errors import ConfigError, DataError
+from shared.errors import DataError
 from shared.workdir import read_run_results
 from unlearnable.evaluate import VICTIMS
 
@@ -118,13 +118,11 @@ USAGE = "usage: python -m unlearnable.report [RUN_DIR]   (default runs/unlearnab
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if any(a in ("-h", "--help") for a in argv):
-    print(f"{USAGE}\n\nPrints the markdown section of a finished unlearnable run.")
+  runs = cli.run_folders(argv, USAGE, "Prints the markdown section of a finished unlearnable run.",
+                         at_most=1, default="runs/unlearnable")
+  if runs is None:
     return 0
-  if len(argv) > 1:
-    raise ConfigError(f"one run folder at most; {USAGE}")
-  print(results_section(argv[0] if argv else "runs/unlearnable"))
+  print(results_section(runs[0]))
   return 0
 
 

@@ -123,6 +123,34 @@ class ResNet18(ResNet):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
 
 
+class ResNetClassifier(nn.Module):
+  """A CIFAR ResNet that standardises its inputs: `features` gives the pooled penultimate layer,
+  `__call__` the float32 logits. The frozen-judge form (`shared.judge`, `shared.fd`): mean and
+  std are per channel, of the training set, so the saved network takes raw [0, 1] images.
+  """
+
+  num_classes: int = 10
+  width: int = 64
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  input_mean: Sequence[float] = (0.0, 0.0, 0.0)
+  input_std: Sequence[float] = (1.0, 1.0, 1.0)
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.backbone = ResNet(
+      num_classes=None, stage_sizes=self.stage_sizes, width=self.width, dtype=self.dtype
+    )
+    self.head = nn.Dense(self.num_classes, dtype=self.dtype)
+
+  def features(self, images_BxHxWxC, train: bool = False):
+    mean = jnp.asarray(self.input_mean, jnp.float32)
+    std = jnp.asarray(self.input_std, jnp.float32)
+    return self.backbone((images_BxHxWxC - mean) / std, train)
+
+  def __call__(self, images_BxHxWxC, train: bool = False):
+    return self.head(self.features(images_BxHxWxC, train)).astype(jnp.float32)
+
+
 class SmallCNN(nn.Module):
   """A small VGG-like CNN: per stage conv3x3-BN-ReLU then 2x2 max-pool; global pool; MLP head.
 

@@ -1,0 +1,46 @@
+"""shared.judge: trains, resumes from its result, saves float16 and loads back as float32."""
+
+import numpy as np
+import pytest
+
+from shared import data, judge
+from shared.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("judge"))
+  info = judge.train(
+    out, dataset="digits", width=8, stage_sizes=(1,), epochs=8, batch_size=64, dtype="float32"
+  )
+  return out, info
+
+
+def test_trained_judge_beats_chance_and_loads_as_saved(trained):
+  out, info = trained
+  assert info["stored"] == "float16" and info["params"] > 0
+  assert info["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+  loaded = judge.load(out)
+  test = data.load("digits", "test")
+  probs = judge.probabilities(loaded, test["image"])
+  assert probs.shape == (len(test["label"]), 10)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  assert np.mean(probs.argmax(-1) == test["label"]) == pytest.approx(info["test_accuracy"])
+  feats = loaded(test["image"][:7])
+  assert feats.shape == (7, 8) and np.isfinite(feats).all()
+
+
+def test_second_call_returns_the_saved_result(trained):
+  out, info = trained
+  assert judge.train(out, dataset="digits", width=8, epochs=1) == info
+
+
+def test_loading_another_extractor_is_a_data_error(tmp_path):
+  from shared import fd
+
+  ext = fd.train_classifier_features(
+    np.zeros((8, 8, 8, 1), np.float32), np.arange(8) % 2, 2, steps=1, batch_size=4
+  )
+  ext.save(tmp_path / "other.npz")
+  with pytest.raises(DataError, match="not a judge"):
+    judge.load(str(tmp_path / "other.npz"))
