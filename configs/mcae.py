@@ -3,19 +3,26 @@
   python -m mcae --config configs/mcae.py --workdir runs/mcae                  # default: 2 CPUs
   python -m mcae --config configs/mcae.py:tiny --workdir /tmp/mcae_tiny        # seconds (tests)
   python -m mcae --config configs/mcae.py:ablations --workdir runs/mcae_abl    # design principles
+  python -m mcae --config configs/mcae.py:ceiling --workdir runs/mcae_ceil     # in-domain gate
   python -m mcae --config configs/mcae.py:compare --workdir runs/mcae_cmp      # larger, for a GPU
   python -m mcae --config configs/mcae.py:paper --workdir runs/mcae_paper \
       --config.data.options.root=/data/fas_lists                               # ViT-B/16, real data
 
 Variants:
-  default    fas_proxy at 32x32, a 4-block width-64 ViT on 4x4 patches, all four leave-one-domain-
-             out protocols, every method, 3 seeds: MCAE vs ViT-from-scratch, ResNet-18 ERM,
-             MAE->FT and SupCon->FT under the same step budget.
+  default    fas_proxy at 32x32, a 48-wide 3-block ViT on 8x8 patches, all four leave-one-domain-
+             out protocols, every method, 3 seeds: MCAE vs ViT-from-scratch, ResNet-18 at width 4,
+             MAE->FT and SupCon->FT, each classifier trained to convergence on source val.
   tiny       the same pipeline shrunk to seconds: one protocol, one seed, a few steps.
   ...,seeds=N  any variant with seeds 0..N-1 (e.g. `configs/mcae.py:compare,seeds=5`).
   ablations  MCAE's design choices on fas_proxy: mask ratio 0.5 / 0.75 / 0.9, decoder depth,
              lambda, which layers fine-tune (each a method spec with overrides).
-  compare    the default comparison at a larger budget (64x64, bigger ViT, more data and steps).
+  ceiling    the in-domain ceiling on the compare bed: a real ResNet-18 (width 64) trained to
+             convergence on every domain, its source-val AUC gated at >= 0.97 (is the bed
+             learnable?).
+  compare    the comparison on a GPU: 64x64, ViT-S/8, MAE-only and MCAE pre-trained ~200 epochs
+             then fine-tuned to convergence, ViT from scratch, ResNet-18 (w64); the 4 leave-one-
+             out protocols and 2 limited-source ones (two sources -> one target); 3 seeds; the
+             mechanism check (domain separability of frozen live features, MAE vs MCAE).
   paper      ViT-B/16 at 224 on OULU / CASIA / Replay / MSU frames listed in SSDG JSON lists;
              MAE's pre-training recipe (AdamW (0.9, 0.95), wd 0.05, lr 1.5e-4 * batch / 256,
              warmup + cosine), decoder 512 x 8, mask 0.75, SupCon temperature 0.07, head 128-d.
@@ -27,7 +34,9 @@ import ml_collections
 
 from shared import config_utils
 
-VARIANTS = ("tiny", "ablations", "compare", "paper")
+VARIANTS = ("tiny", "ablations", "compare", "ceiling", "paper")
+# compare: the leave-one-out protocols and two limited-source ones (two sources -> one target).
+COMPARE_PROTOCOLS = ("d0", "d1", "d2", "d3", "d1&d2->d0", "d2&d3->d1")
 # The label-only ResNet-18 is named by its width: `resnet18_w4` (~44K parameters, the CPU
 # default's) is not the ResNet-18 of the literature; `resnet18_w64` (11.2M) is.
 RESNET_WIDTHS = (4, 64)
@@ -51,18 +60,27 @@ ABLATIONS = (
 def get_config(arg=None):
   args = config_utils.parse_arg(arg, variants=VARIANTS, seeds=0)  # seeds=N: run seeds 0..N-1
   v = args.variant
+  g = "compare" if v == "ceiling" else v  # the ceiling runs on the compare bed and model sizes
   cfg = ml_collections.ConfigDict()
   cfg.method = "mcae"
   cfg.variant = v
   cfg.seed = 0  # root key; sub-run s uses fold_in(PRNGKey(seed), s)
   cfg.seeds = tuple(range(args.seeds or (1 if v == "tiny" else 3)))
-  resnet = f"resnet18_w{64 if v in ('compare', 'paper') else 4}"
-  cfg.methods = (
-    ABLATIONS if v == "ablations" else ("vit_scratch", resnet, "mae_ft", "supcon_ft", "mcae")
+  resnet = f"resnet18_w{64 if g in ('compare', 'paper') else 4}"
+  cfg.methods = {
+    "ablations": ABLATIONS,
+    "compare": ("vit_scratch", resnet, "mae_ft", "mcae"),
+    "ceiling": (resnet,),
+  }.get(v, ("vit_scratch", resnet, "mae_ft", "supcon_ft", "mcae"))
+  # Each entry: a target domain (leave-one-out: the others are the sources), "a&b->c" (sources
+  # -> targets) or "in_domain" (every domain both); () = leave each domain out in turn.
+  cfg.protocols = {"tiny": ("d0",), "compare": COMPARE_PROTOCOLS, "ceiling": ("in_domain",)}.get(
+    v, ()
   )
-  cfg.protocols = ("d0",) if v == "tiny" else ()  # target domains; () = every domain
+  if v == "ceiling":
+    cfg.seeds = tuple(range(args.seeds or 1))
 
-  resolution = {"tiny": 16, "compare": 64, "paper": 224}.get(v, 32)
+  resolution = {"tiny": 16, "compare": 64, "paper": 224}.get(g, 32)
   cfg.data = ml_collections.ConfigDict()
   cfg.data.data_dir = ""  # "" = $IBPRUNE_DATA or ~/.cache/ibprune
   if v == "paper":
@@ -79,7 +97,7 @@ def get_config(arg=None):
       )
     )
   else:
-    sizes = {"tiny": (30, 15, 30), "compare": (1500, 300, 600)}.get(v, (480, 120, 240))
+    sizes = {"tiny": (30, 15, 30), "compare": (1000, 200, 400)}.get(g, (480, 120, 240))
     cfg.data.name = "fas_proxy"
     cfg.data.options = ml_collections.ConfigDict(
       dict(
@@ -94,20 +112,21 @@ def get_config(arg=None):
       )
     )
 
-  # The ViT: 48 wide x 3 deep on 8x8 patches (16 tokens) on CPU; ViT-S/8 x 6 on a GPU; ViT-B/16.
+  # The ViT: 48 wide x 3 deep on 8x8 patches (16 tokens) on CPU; ViT-S/8 (384 x 12, 6 heads,
+  # 64 tokens at 64 px) on a GPU; ViT-B/16.
   cfg.model = ml_collections.ConfigDict(
     dict(
-      size={"paper": "B", "compare": "S"}.get(v, "mu"),
-      patch_size={"paper": 16, "tiny": 4}.get(v, 8),
-      width={"paper": 0, "compare": 0, "tiny": 32}.get(v, 48),  # 0 = the size's own
-      depth={"paper": 0, "compare": 6, "tiny": 1}.get(v, 3),
-      num_heads={"paper": 0, "compare": 0, "tiny": 2}.get(v, 3),
+      size={"paper": "B", "compare": "S"}.get(g, "mu"),
+      patch_size={"paper": 16, "tiny": 4}.get(g, 8),
+      width={"paper": 0, "compare": 0, "tiny": 32}.get(g, 48),  # 0 = the size's own
+      depth={"paper": 0, "compare": 0, "tiny": 1}.get(g, 3),
+      num_heads={"paper": 0, "compare": 0, "tiny": 2}.get(g, 3),
       use_cls_token=True,  # MAE keeps one; pooled features exclude it
       pool="mean",  # classifier pooling over patch tokens (MAE fine-tuning's global pool)
-      decoder_width={"paper": 512, "compare": 256, "tiny": 32}.get(v, 48),
-      decoder_num_heads={"paper": 16, "compare": 8, "tiny": 2}.get(v, 3),
-      proj_hidden={"paper": 768, "compare": 384, "tiny": 32}.get(v, 48),  # dim -> dim
-      proj_dim={"paper": 128, "compare": 128}.get(v, 32),  # -> 128 (SupContrast)
+      decoder_width={"paper": 512, "compare": 256, "tiny": 32}.get(g, 48),
+      decoder_num_heads={"paper": 16, "compare": 8, "tiny": 2}.get(g, 3),
+      proj_hidden={"paper": 768, "compare": 384, "tiny": 32}.get(g, 48),  # dim -> dim
+      proj_dim={"paper": 128, "compare": 128}.get(g, 32),  # -> 128 (SupContrast)
       # jax.nn.dot_product_attention implementation: "auto" = cuDNN's fused attention on NVIDIA
       # GPUs in bf16, else XLA's; "xla"; "cudnn". A speed choice only (docs/benchmarks.md).
       attention_impl="auto",
@@ -115,14 +134,16 @@ def get_config(arg=None):
   )
 
   # Pre-training: L = mae_weight * MAE + supcon_weight * SupCon (lambda = supcon_weight).
-  pre_steps = {"tiny": 4, "compare": 1500, "paper": 40_000}.get(v, 200)
-  pre_batch = {"tiny": 16, "compare": 128, "paper": 256}.get(v, 32)
+  # compare: 2,400 steps x 256 = 205 epochs of the 3,000 source images of a leave-one-out
+  # protocol (307 of the 2,000 of a two-source one).
+  pre_steps = {"tiny": 4, "compare": 2400, "paper": 40_000}.get(g, 200)
+  pre_batch = {"tiny": 16, "compare": 256, "paper": 256}.get(g, 32)
   cfg.pretrain = ml_collections.ConfigDict(
     dict(
       num_steps=pre_steps,
       batch_size=pre_batch,
       mask_ratio=0.75,  # MAE
-      decoder_depth={"paper": 8, "compare": 2}.get(v, 1),  # MAE ViT-B: 8; light on CPU (ours)
+      decoder_depth={"paper": 8, "compare": 2}.get(g, 1),  # MAE ViT-B: 8; light on CPU (ours)
       norm_pix=True,  # MAE's normalised-pixel targets
       mae_weight=1.0,
       supcon_weight=0.5,  # lambda (ours; the paper does not give it)
@@ -147,8 +168,8 @@ def get_config(arg=None):
 
   # Fine-tuning of the pre-trained encoders with a live/spoof head.
   # num_steps is a cap: fine-tuning stops earlier once source val stops improving (convergence).
-  ft_steps = {"tiny": 4, "compare": 500, "paper": 10_000}.get(v, 500)
-  ft_batch = {"tiny": 16, "compare": 128, "paper": 128}.get(v, 32)
+  ft_steps = {"tiny": 4, "compare": 1000, "paper": 10_000}.get(g, 500)
+  ft_batch = {"tiny": 16, "compare": 128, "paper": 128}.get(g, 32)
   cfg.finetune = ml_collections.ConfigDict(
     dict(
       num_steps=ft_steps,
@@ -176,15 +197,22 @@ def get_config(arg=None):
   # held-out domain is never looked at.
   cfg.convergence = ml_collections.ConfigDict(
     dict(
-      eval_every={"tiny": 2, "compare": 100, "paper": 1000}.get(v, 50),  # 0 = keep the last
+      eval_every={"tiny": 2, "compare": 100, "paper": 1000}.get(g, 50),  # 0 = keep the last
       patience={"tiny": 1}.get(v, 5),
     )
   )
+  # Is the bed learnable at all? The in-domain protocol's source-val AUC must reach this
+  # (results.json 'gates', table.md); the ceiling variant runs it.
+  cfg.gates = ml_collections.ConfigDict(dict(in_domain_val_auc=0.97))
+  # The mechanism check (mcae/mechanism.py): domain separability of the frozen pre-trained
+  # encoder's live features (a linear domain classifier's k-fold accuracy, MMD between domains).
+  cfg.mechanism = ml_collections.ConfigDict(dict(enabled=True, max_per_domain=300, folds=5))
 
   # Baselines trained only with labels: at most pre-train + fine-tune cap steps (early-stopped).
   cfg.baselines = ml_collections.ConfigDict(
     dict(
-      supervised_steps=pre_steps + ft_steps,
+      # compare: 2,000 x 128 = 85 epochs of a leave-one-out protocol's sources (64 in-domain).
+      supervised_steps={"compare": 2000}.get(g, pre_steps + ft_steps),
       supcon_mask_ratio=0.0,  # SupCon -> FT sees whole images, as in Khosla et al.
       scratch_optimizer=config_utils.optimizer_config(
         name="adamw",
@@ -247,10 +275,10 @@ def get_config(arg=None):
   cfg.eval_batch_size = 256 if v != "tiny" else 32
   cfg.run = config_utils.run_config(
     log_every={"tiny": 2}.get(v, 50),
-    checkpoint_every={"tiny": 4, "compare": 1000, "paper": 2000}.get(v, 500),
+    checkpoint_every={"tiny": 4, "compare": 500, "paper": 2000}.get(g, 500),
     keep_checkpoints=1,
-    progress=v in ("compare", "paper"),
-    dtype="bfloat16" if v in ("compare", "paper") else "float32",
+    progress=g in ("compare", "paper"),
+    dtype="bfloat16" if g in ("compare", "paper") else "float32",
     tensorboard=False,
   )
   return cfg

@@ -35,6 +35,8 @@ METRICS = (
   "video_hter_val",
   "video_auc",
 )
+# The mechanism check's numbers (`mcae.mechanism`): only pre-trained methods have them.
+MECHANISM = ("live_domain_acc", "live_domain_chance", "live_mmd")
 MEAN_ROW = "mean"
 # Per-method facts the tables print beside the metrics (the same for every run, or averaged).
 INFO = ("params", "pretrain_steps", "pretrain_batch_size", "steps", "batch_size", "examples_seen")
@@ -179,16 +181,16 @@ def summarise(
       per_seed.setdefault(r["seed"], []).append(r)
     for protocol in [*protocols, MEAN_ROW]:
       row: dict = {"method": method, "protocol": protocol}
-      for m in METRICS:
+      for m in (*METRICS, *MECHANISM):
         if protocol == MEAN_ROW:
           # Only seeds that ran every protocol count toward the mean row.
           values = [
             float(np.mean([r[m] for r in rs]))
             for rs in per_seed.values()
-            if {r["protocol"] for r in rs} >= set(protocols)
+            if {r["protocol"] for r in rs} >= set(protocols) and all(m in r for r in rs)
           ]
         else:
-          values = [float(r[m]) for r in mine if r["protocol"] == protocol]
+          values = [float(r[m]) for r in mine if r["protocol"] == protocol and m in r]
         row[f"{m}_seeds"] = values
         row[f"{m}_mean"] = float(np.mean(values)) if values else float("nan")
         row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -243,7 +245,27 @@ def markdown_tables(rows: Sequence[Mapping], protocols: Sequence[str], scale: fl
         cells.append(format_mean_std(values, 1) if values else "—")
       out.append(f"| {method} | " + " | ".join(cells) + " |")
     out.append("")
+  mechanism = [m for m in methods if _mean_row(rows, m)["live_mmd_seeds"]]
+  if mechanism:
+    out += [
+      "**Mechanism check**: domain separability of the frozen pre-trained encoder's live "
+      "features (lower = more shared across domains; mean over protocols ± std over seeds)",
+      "",
+      "| method | domain classifier accuracy % | chance % | MMD² between domains |",
+      "|---|---|---|---|",
+    ]
+    for method in mechanism:
+      row = _mean_row(rows, method)
+      acc = format_mean_std([scale * v for v in row["live_domain_acc_seeds"]], 1)
+      chance = f"{scale * row['live_domain_chance_mean']:.0f}"
+      mmd = format_mean_std(row["live_mmd_seeds"], 3)
+      out.append(f"| {method} | {acc} | {chance} | {mmd} |")
+    out.append("")
   return "\n".join(out)
+
+
+def _mean_row(rows, method):
+  return next(r for r in rows if r["method"] == method and r["protocol"] == MEAN_ROW)
 
 
 def _count(n) -> str:

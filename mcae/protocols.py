@@ -1,7 +1,11 @@
-"""Leave-one-domain-out protocols (O&C&I->M style): train on three domains, test on the fourth.
+"""Cross-domain protocols: train on source domains, test on target domains.
 
-Model selection and the honest HTER threshold use only the sources' val splits; the held-out
-domain contributes its test split and nothing else.
+  "d0"            leave-one-domain-out (O&C&I->M style): every other domain is a source
+  "d1&d2->d0"     explicit sources -> targets (e.g. limited-source: two sources, one target)
+  "in_domain"     every domain is a source and a target: the in-domain ceiling
+
+Model selection and the honest HTER threshold use only the sources' val splits; the target
+domains contribute their test splits and nothing else.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import numpy as np
 
 from shared.errors import ConfigError, DataError
 
+IN_DOMAIN = "in_domain"
+
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-  """Source domain indices -> one target domain index, with a readable name."""
+  """Source domain indices -> target domain indices, with a readable name."""
 
   sources: tuple[int, ...]
-  target: int
+  targets: tuple[int, ...]
   name: str
 
   @property
@@ -28,19 +34,43 @@ class Protocol:
     """A folder name: 'd1_d2_d3-to-d0'."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", self.name.replace("->", "-to-").replace("&", "_"))
 
+  @property
+  def in_domain(self) -> bool:
+    return set(self.targets) <= set(self.sources)
 
-def leave_one_out(domains: Sequence[str], targets: Sequence[str]) -> list[Protocol]:
-  """One protocol per target name: the other domains are the sources."""
+
+def _indices(names: Sequence[str], domains: Sequence[str], spec: str) -> tuple[int, ...]:
+  for name in names:
+    if name not in domains:
+      raise ConfigError(
+        f"protocol {spec!r} names {name!r}, which is not a domain; domains: {list(domains)}"
+      )
+  if not names or len(set(names)) != len(names):
+    raise ConfigError(f"protocol {spec!r}: each side lists distinct domains, at least one")
+  return tuple(list(domains).index(n) for n in names)
+
+
+def parse_protocols(domains: Sequence[str], specs: Sequence[str]) -> list[Protocol]:
+  """The protocols `specs` name (see the module doc); () = leave each domain out in turn."""
   if len(domains) < 2:
-    raise ConfigError(f"leave-one-domain-out needs >= 2 domains, got {list(domains)}")
+    raise ConfigError(f"cross-domain protocols need >= 2 domains, got {list(domains)}")
   out = []
-  for target in targets:
-    if target not in domains:
-      raise ConfigError(f"protocol target {target!r} is not a domain; domains: {list(domains)}")
-    t = list(domains).index(target)
-    sources = tuple(i for i in range(len(domains)) if i != t)
-    name = "&".join(domains[i] for i in sources) + "->" + target
-    out.append(Protocol(sources, t, name))
+  for spec in specs or domains:
+    if spec == IN_DOMAIN:
+      every = tuple(range(len(domains)))
+      out.append(Protocol(every, every, "in-domain"))
+      continue
+    if "->" in spec:
+      left, _, right = spec.partition("->")
+      sources = _indices([s for s in left.split("&") if s], domains, spec)
+      targets = _indices([s for s in right.split("&") if s], domains, spec)
+      if set(sources) & set(targets):
+        raise ConfigError(f"protocol {spec!r}: a domain is both a source and a target")
+    else:
+      targets = _indices([spec], domains, spec)
+      sources = tuple(i for i in range(len(domains)) if i not in targets)
+    name = "&".join(domains[i] for i in sources) + "->" + "&".join(domains[i] for i in targets)
+    out.append(Protocol(sources, targets, name))
   return out
 
 

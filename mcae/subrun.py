@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from mcae import evaluate, finetune, methods, stage_builders
+from mcae.mechanism import live_feature_check
 from mcae.protocols import Protocol, select
 from mcae.selection import BestValSelection, EarlyStop
 from shared import data as data_lib
@@ -116,7 +117,7 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
   key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), seed)
   source_train = select(splits["train"], proto.sources, f"{proto.name}: source train")
   source_val = select(splits["val"], proto.sources, f"{proto.name}: source val")
-  target_test = select(splits["test"], [proto.target], f"{proto.name}: target test")
+  target_test = select(splits["test"], proto.targets, f"{proto.name}: target test")
 
   pre_params = pre_cfg = None
   if mcfg.method_table[name].pretrain is not None:
@@ -128,6 +129,9 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
   if pre_params is not None:
     params = init_classifier_from_mae(state.params, pre_params["backbone"])
     state = state.replace(params=jax.device_put(params, stage.sharding.params))
+  mechanism = {}
+  if pre_params is not None and mcfg.mechanism.enabled:
+    mechanism = live_feature_check(ctx, mcfg, pre_params["backbone"], source_val, target_test, seed)
   del pre_params  # the classifier holds its own copy now
   conv = mcfg.convergence
   selection = None
@@ -183,6 +187,7 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
     "params": finetune.num_params(params),
     "selected_step": selection.best["step"] if selection and selection.best else steps_run,
     **_compute(pre_cfg, steps_run, plan),
+    **mechanism,
     "wall_time_s": round(time.time() - start, 2),
   }
   scores = dict(val_scores=val_scores, val_labels=source_val["label"], test_scores=test_scores)

@@ -13,9 +13,10 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 
 from mcae import evaluate, methods
-from mcae.protocols import leave_one_out
+from mcae.protocols import parse_protocols
 from mcae.subrun import RunContext, run_subrun, subrun_folder
 from shared import data as data_lib
 from shared import train_lib, validate
@@ -40,6 +41,29 @@ def _load_splits(config):
   return info, splits
 
 
+def ceiling_gates(config, runs, protocols) -> list[dict]:
+  """The in-domain ceiling per method: mean source-val AUC of its in-domain runs against
+  `config.gates.in_domain_val_auc` (is the bed learnable at all?)."""
+  names = {p.name for p in protocols if p.in_domain}
+  threshold = config.gates.in_domain_val_auc
+  out = []
+  for spec in config.methods:
+    values = [r["val_auc"] for r in runs if r["method"] == spec and r["protocol"] in names]
+    if values:
+      value = float(np.mean(values))
+      out.append(
+        dict(
+          name="in-domain ceiling",
+          method=spec,
+          value=value,
+          threshold=threshold,
+          passed=value >= threshold,
+          seeds=len(values),
+        )  # fmt: skip
+      )
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Every method x protocol x seed, then mean ± std tables, ROC figures and results."""
   start = time.time()
@@ -49,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ConfigError("config.seeds is empty")
   info, splits = _load_splits(config)
   domains = list(info["domains"])
-  protocols = leave_one_out(domains, config.protocols or domains)
+  protocols = parse_protocols(domains, config.protocols)
   mesh = train_lib.make_mesh(config.run.model_axis)
   ctx = RunContext(
     config=config,
@@ -87,6 +111,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       evaluate.roc_figure(figure, f"{proto.name} (mean ROC over seeds)", curves)
       figures.append(os.path.basename(figure))
     table = evaluate.markdown_tables(rows, names)
+    gate_lines = [
+      f"- {g['name']}: {g['method']} source-val AUC {100 * g['value']:.2f}% "
+      f"(gate >= {100 * g['threshold']:.0f}%: {'learnable' if g['passed'] else 'NOT learnable'})"
+      for g in ceiling_gates(config, runs, protocols)
+    ]
+    if gate_lines:
+      table = "**In-domain ceiling**\n\n" + "\n".join(gate_lines) + "\n\n" + table
     write_text(os.path.join(workdir, "table.md"), table + "\n")
   means = {r["method"]: r for r in rows if r["protocol"] == evaluate.MEAN_ROW}
   metrics: dict = {}
@@ -106,6 +137,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     for r in rows
   ]
+  gates = ceiling_gates(config, runs, protocols)
+  if gates:
+    metrics["gates"] = gates
   write_json(os.path.join(workdir, "runs.json"), {"runs": runs})
   metrics["runs_file"] = "runs.json"
   metrics["protocols"] = names

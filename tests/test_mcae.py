@@ -14,7 +14,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs.mcae import get_config
-from mcae import evaluate, finetune, methods, pretrain
+from mcae import evaluate, finetune, mechanism, methods, pretrain, train
+from mcae.protocols import parse_protocols
 from mcae.supcon import positive_groups, supcon_loss
 from shared import config_utils, train_lib
 from shared.data import fas_proxy
@@ -304,6 +305,58 @@ def test_convergence_keeps_the_best_val_auc_and_stops_on_a_plateau(tmp_path, mon
   assert forever.best["step"] == 20
 
 
+def test_protocol_specs():
+  """Leave-one-out targets, explicit (limited-source) protocols and the in-domain ceiling; a
+  protocol naming an unknown domain is a ConfigError naming it."""
+  domains = ["d0", "d1", "d2", "d3"]
+  loo, limited, ceiling = parse_protocols(domains, ["d0", "d1&d2->d0", "in_domain"])
+  assert (loo.sources, loo.targets, loo.name) == ((1, 2, 3), (0,), "d1&d2&d3->d0")
+  assert (limited.sources, limited.targets, limited.slug) == ((1, 2), (0,), "d1_d2-to-d0")
+  assert ceiling.in_domain and not loo.in_domain and ceiling.targets == (0, 1, 2, 3)
+  assert [p.targets for p in parse_protocols(domains, ())] == [(0,), (1,), (2,), (3,)]
+  for bad, words in [("d9", "'d9'"), ("d1&oulu->d0", "'oulu'"), ("d1->d1", "both a source")]:
+    with pytest.raises(ConfigError, match=words):
+      parse_protocols(domains, [bad])
+
+
+def test_mechanism_check_separates_shifted_domains_only():
+  """Live features whose domains differ by a mean shift: the domain classifier beats chance by
+  far and the MMD is large; features from one distribution: accuracy near chance, MMD ~ 0."""
+  rng = np.random.default_rng(0)
+  domains = np.repeat(np.arange(3), 60)
+  same = rng.normal(size=(180, 8))
+  shifted = same + 3.0 * np.eye(8)[domains]
+  far, near = (mechanism.separability(f, domains, folds=5) for f in (shifted, same))
+  assert far["live_domain_chance"] == pytest.approx(1 / 3)
+  assert far["live_domain_acc"] > 0.9 and near["live_domain_acc"] < 0.5
+  assert far["live_mmd"] > 10 * abs(near["live_mmd"])
+  x, y = rng.normal(size=(5, 2)), rng.normal(size=(4, 2))
+  k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / 2)
+  direct = (
+    np.mean([k(a, b) for a in x for b in x])
+    + np.mean([k(a, b) for a in y for b in y])
+    - 2 * np.mean([k(a, b) for a in x for b in y])
+  )
+  np.testing.assert_allclose(mechanism.mmd2(x, y, 1.0), direct)
+
+
+def test_ceiling_gate():
+  cfg = get_config("ceiling")
+  protocols = parse_protocols(["d0", "d1", "d2", "d3"], cfg.protocols)
+  runs = [{"method": "resnet18_w64", "protocol": "in-domain", "val_auc": v} for v in (0.99, 0.975)]
+  (gate,) = train.ceiling_gates(cfg, runs, protocols)
+  assert gate["passed"] and gate["value"] == pytest.approx(0.9825) and gate["threshold"] == 0.97
+  runs[0]["val_auc"] = 0.9
+  assert not train.ceiling_gates(cfg, runs, protocols)[0]["passed"]
+  # The ceiling: a real ResNet-18 in-domain on the compare bed; compare: 6 protocols, 3 seeds,
+  # ViT-S/8 pre-trained for at least 100 epochs of its sources.
+  cmp = get_config("compare")
+  assert cfg.methods == ("resnet18_w64",) and cfg.data.options == cmp.data.options
+  assert len(cmp.protocols) == 6 and cmp.seeds == (0, 1, 2) and cmp.model.size == "S"
+  sources = 3 * cmp.data.options.num_train
+  assert cmp.pretrain.num_steps * cmp.pretrain.batch_size / sources >= 100
+
+
 def test_summarise_mean_row_averages_protocols_within_seed():
   runs = []
   for seed, offset in ((0, 0.0), (1, 0.1)):
@@ -416,6 +469,12 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     pre = r["pretrain_steps"] * r["pretrain_batch_size"]
     assert r["examples_seen"] == pre + r["steps"] * r["batch_size"]
   assert "compute (steps x batch)" in table
+  for r in runs:  # the mechanism check on the frozen pre-trained encoders only
+    pretrained = get_config("tiny").method_table[r["method"]].pretrain is not None
+    assert ("live_mmd" in r) == pretrained
+    if pretrained:
+      assert 0 <= r["live_domain_acc"] <= 1 and r["live_domain_chance"] == 0.25
+  assert "Mechanism check" in table
   pretrain_dirs = [d for d in os.listdir(tmp_path / "seed_0" / "d1_d2_d3-to-d0") if "pretrain" in d]
   assert len(pretrain_dirs) == 3  # MAE, SupCon and MCAE pre-training
   # Re-running the same command finds every sub-run done and reports the same numbers.
@@ -435,7 +494,7 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   assert "nope" in bad.stderr
 
 
-@pytest.mark.parametrize("variant", [None, "ablations", "compare", "paper"])
+@pytest.mark.parametrize("variant", [None, "ablations", "compare", "ceiling", "paper"])
 def test_every_variant_builds_its_stages(variant):
   """Each variant's models, losses and optimizers fit together (shapes only, nothing compiles)."""
   cfg = get_config(variant)
