@@ -93,6 +93,8 @@ def get_config(arg=None):
         pattern="{root}/{domain}/{split}_label.json",
         image_root="",
         val_fraction=0.1,  # of each source's train videos, when it has no val list (ours)
+        allow_outside_root=False,  # photo paths must stay inside root / image_root / the list's
+        frames_per_video=0,  # frames read from an entry naming a video folder; 0 = all
         seed=0,
       )
     )
