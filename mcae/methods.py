@@ -82,3 +82,22 @@ def pretrain_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections
 def folder_name(spec: str) -> str:
   """The spec as a folder name: 'mcae:a.b=0.9' -> 'mcae__a.b_0.9'."""
   return "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.replace(":", "__"))
+
+
+def check_method(cfg: ml_collections.ConfigDict, spec: str) -> None:
+  """Values that only make sense together: a mask ratio of 0 leaves MAE nothing to reconstruct
+  (and its masked-patch loss divides by zero), 1 leaves the encoder no visible token."""
+  name, _ = parse_method(spec)
+  if cfg.method_table[name].pretrain is None:
+    return
+  pre = pretrain_config(cfg, name)
+  if pre.mae_weight > 0 and not 0.0 < pre.mask_ratio < 1.0:
+    raise ConfigError(
+      f"method {spec!r}: pretrain.mask_ratio={pre.mask_ratio} must be in (0, 1) with the MAE "
+      "term on (0 masks nothing to reconstruct, 1 leaves the encoder no visible patch)"
+    )
+  if not 0.0 <= pre.mask_ratio < 1.0:
+    raise ConfigError(
+      f"method {spec!r}: mask ratio {pre.mask_ratio} must be in [0, 1) (1 leaves the encoder no "
+      "visible patch)"
+    )

@@ -24,7 +24,7 @@ from shared.errors import ConfigError
 from shared.workdir import load_arrays, write_json, write_text
 
 
-def _load_splits(config):
+def _info(config):
   options = config.data.options.to_dict()
   data_dir = config.data.data_dir or None
   # Ask for the domains first with the set's own defaults: another set (e.g. cifar10) would
@@ -33,12 +33,16 @@ def _load_splits(config):
     raise ConfigError(
       f"data set {config.data.name!r} has no capture domains; use fas_proxy or fas_json"
     )
-  info = data_lib.info(config.data.name, data_dir=data_dir, **options)
-  splits = {
+  return data_lib.info(config.data.name, data_dir=data_dir, **options)
+
+
+def _load_splits(config):
+  options = config.data.options.to_dict()
+  data_dir = config.data.data_dir or None
+  return {
     s: data_lib.load(config.data.name, s, data_dir=data_dir, **options)
     for s in ("train", "val", "test")
   }
-  return info, splits
 
 
 def ceiling_gates(config, runs, protocols) -> list[dict]:
@@ -67,13 +71,16 @@ def ceiling_gates(config, runs, protocols) -> list[dict]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Every method x protocol x seed, then mean ± std tables, ROC figures and results."""
   start = time.time()
-  for spec in config.methods:  # fail on a bad method or override before any training
-    validate.check_config(methods.method_config(config, spec))
+  for spec in config.methods:  # fail on a bad method, override or value before any training
+    mcfg = methods.method_config(config, spec)
+    validate.check_config(mcfg)
+    methods.check_method(mcfg, spec)
   if not config.seeds:
     raise ConfigError("config.seeds is empty")
-  info, splits = _load_splits(config)
+  info = _info(config)
   domains = list(info["domains"])
-  protocols = parse_protocols(domains, config.protocols)
+  protocols = parse_protocols(domains, config.protocols)  # before the data is read
+  splits = _load_splits(config)
   mesh = train_lib.make_mesh(config.run.model_axis)
   ctx = RunContext(
     config=config,

@@ -133,7 +133,8 @@ def test_attacks_leave_their_traces():
   flat = np.full((64, 64, 3), 0.5)
   replayed = fas_proxy.replay_attack(np.random.default_rng(1), flat, 2)
   spectrum = np.abs(np.fft.fft2(replayed.mean(-1) - replayed.mean()))
-  spectrum[0, 0] = 0
+  yy, xx = np.mgrid[0:64, 0:64]
+  spectrum[np.hypot(np.minimum(yy, 64 - yy), np.minimum(xx, 64 - xx)) < 3] = 0  # glare's blob
   lo, hi = fas_proxy.artefact_band("moire_freq", 2)
   peak = np.unravel_index(np.argmax(spectrum[:32, :32]), (32, 32))
   assert lo - 1.5 <= np.hypot(*peak) <= hi + 1.5
@@ -161,7 +162,12 @@ def write_domain(root, domain, splits, size=20, seed=0):
       path = f"frames/{split}_{i}.png"
       Image.fromarray(rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)).save(folder / path)
       entries.append(
-        {"photo_path": path, "photo_label": int(i % 2), "photo_belong_to_video_ID": f"v{i // 2}"}
+        # Two frames per video (i and i + 2), one label per video.
+        {
+          "photo_path": path,
+          "photo_label": int(i % 2),
+          "photo_belong_to_video_ID": f"v{i % 2}_{i // 4}",
+        }
       )
     (folder / f"{split}_label.json").write_text(json.dumps(entries))
 
@@ -216,6 +222,35 @@ def test_json_bad_entries_name_the_entry(tmp_path, mutate, words):
   for w in words:
     assert w in str(e.value), str(e.value)
   assert "replay" in str(e.value)
+
+
+def test_json_video_folders_and_videos_mixing_labels(tmp_path):
+  """An entry naming a folder is a video: its frames (evenly spaced `frames_per_video`, 0 = all)
+  become rows with its label and video id; an empty folder (a video with no frames) and a video
+  with live and spoof frames are DataErrors naming the entry."""
+  write_domain(tmp_path, "msu", {"train": 2, "val": 2, "test": 2})
+  video = tmp_path / "msu" / "videos" / "client1"
+  video.mkdir(parents=True)
+  for k in range(5):
+    Image.fromarray(np.full((6, 6, 3), 40 * k, np.uint8)).save(video / f"f{k}.png")
+  (tmp_path / "msu" / "videos" / "empty").mkdir()
+  path = tmp_path / "msu" / "test_label.json"
+  entries = [{"photo_path": "videos/client1", "photo_label": 1}, *json.loads(path.read_text())]
+  path.write_text(json.dumps(entries))
+  options = dict(root=str(tmp_path), domains=("msu",), image_size=4)
+  every = data.load("fas_json", "test", **options)
+  assert len(every["label"]) == 5 + 2 and (every["video"][:5] == every["video"][0]).all()
+  three = data.load("fas_json", "test", frames_per_video=3, **options)
+  np.testing.assert_array_equal(three["image"][:3, 0, 0, 0], [0, 80, 160])  # frames 0, 2, 4
+  entries[0]["photo_path"] = "videos/empty"
+  path.write_text(json.dumps(entries))
+  with pytest.raises(DataError, match="entry 0: video folder .*empty has no frames"):
+    data.load("fas_json", "test", **options)
+  entries[0] = {"photo_path": "frames/test_0.png", "photo_label": 1,
+                "photo_belong_to_video_ID": entries[1]["photo_belong_to_video_ID"]}  # fmt: skip
+  path.write_text(json.dumps(entries))
+  with pytest.raises(DataError, match="entry 1: video .* both live and spoof"):
+    data.load("fas_json", "test", **options)
 
 
 def test_json_missing_list_and_unreadable_image(tmp_path):

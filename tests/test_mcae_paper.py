@@ -3,6 +3,7 @@ and bad input: one `error: ...` line and exit code 2, or the ConfigError / DataE
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from configs.mcae import get_config
+from mcae import train
 from shared.data import fas_proxy
 from shared.errors import ConfigError, DataError
 
@@ -104,3 +106,43 @@ def test_paper_path_on_json_lists_of_face_crops(lists, tmp_path):
   assert run["num_test_videos"] == 3 and run["num_val_videos"] == 3 * 3  # from the lists' ids
   assert run["examples_seen"] == 4 * 16 + run["steps"] * 16 and "live_mmd" in run
   assert "Video HTER" in (tmp_path / "table.md").read_text()
+
+
+def test_bad_input_is_one_error_line(lists, tmp_path):
+  """Through the command line: a list naming a missing image (the data is read) and a mask ratio
+  of 0 (refused before any data is read) are each one `error: ...` line, exit code 2."""
+  broken = tmp_path / "lists"
+  shutil.copytree(lists, broken)
+  entries = json.loads((broken / "msu" / "test_label.json").read_text())
+  entries[0]["photo_path"] = "frames/gone.png"
+  (broken / "msu" / "test_label.json").write_text(json.dumps(entries))
+  proc = run_paper(broken, tmp_path / "run")
+  assert_one_error_line(proc, "entry 0", "gone.png", "does not exist")
+  proc = run_paper(lists, tmp_path / "run0", **{"pretrain.mask_ratio": 0.0})
+  assert_one_error_line(proc, "mask_ratio=0.0", "(0, 1)")
+
+
+@pytest.mark.parametrize(
+  "change, error, words",
+  [
+    (dict(protocols=("msu", "d0")), ConfigError, ["'d0'", "not a domain", "oulu"]),
+    (dict(protocols=("oulu&nope->msu",)), ConfigError, ["'nope'"]),
+    (dict(methods=("mcae:pretrain.mask_ratio=1.0",)), ConfigError, ["mask_ratio=1.0"]),
+    (dict(methods=("supcon_ft:baselines.supcon_mask_ratio=1.0",)), ConfigError, ["ratio 1.0"]),
+    (dict(frames_per_video=-1), DataError, ["frames_per_video", "-1"]),
+  ],
+)
+def test_bad_values_fail_before_training(lists, tmp_path, change, error, words):
+  """In-process: the ConfigError / DataError behind each one-line error (shared.app prints any
+  UserError as one line, exit 2), raised before anything trains or is written."""
+  cfg = get_config("paper")
+  cfg.unlock()
+  cfg.data.options.update(root=str(lists), image_size=16)
+  if "frames_per_video" in change:
+    cfg.data.options.frames_per_video = change.pop("frames_per_video")
+  cfg.update(change)
+  with pytest.raises(error) as e:
+    train.train_and_evaluate(cfg, str(tmp_path))
+  for w in words:
+    assert w in str(e.value), str(e.value)
+  assert not os.listdir(tmp_path)

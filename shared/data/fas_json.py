@@ -11,13 +11,19 @@ are found by `pattern`, default "{root}/{domain}/{split}_label.json", for each n
 else from the JSON file's folder. When a domain has no val list, val is a seeded `val_fraction`
 of its train list, split by video (photo_belong_to_video_ID) when the entries name one.
 
+A `photo_path` may also name a video's folder of frames (SSAN / FLIP-style lists): its image
+files (.png, .jpg, .jpeg, .bmp), sorted by name, are the video's frames, `frames_per_video` of
+them evenly spaced (0 = all), one row each, all with the entry's label and video id (the
+folder's path when the entry names none). A folder with no frames is an error.
+
 Photo paths stay inside the data: an entry (relative with `..`, or absolute) that resolves
 outside `root`, `image_root` and the list's own folder is refused, unless `allow_outside_root`
 says the lists may point anywhere (e.g. SSDG lists with absolute paths of another data disk).
 
 Every problem is a DataError naming the file and the entry: a missing list, a list that is not a
 list of objects, a missing key, a photo path that is not a non-empty string or leaves the data
-root, a label other than 0/1, a missing or unreadable image, an empty split, a malformed pattern.
+root, a label other than 0/1, a missing or unreadable image, a video folder with no frames, a
+video with both live and spoof frames, an empty split, a malformed pattern.
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ def info(
   val_fraction: float = 0.1,
   seed: int = 0,
   allow_outside_root: bool = False,
+  frames_per_video: int = 0,
 ) -> dict:
   """Classes (0 spoof, 1 live), image shape and the domain names; sizes are known after loading."""
-  del root, pattern, image_root, val_fraction, seed, allow_outside_root
+  del root, pattern, image_root, val_fraction, seed, allow_outside_root, frames_per_video
   return {
     "num_classes": 2,
     "class_names": ["spoof", "live"],
@@ -70,6 +77,7 @@ def build(
   val_fraction: float = 0.1,
   seed: int = 0,
   allow_outside_root: bool = False,
+  frames_per_video: int = 0,
 ) -> dict[str, np.ndarray]:
   """All domains' frames of one split, resized to `image_size` squares.
 
@@ -82,6 +90,7 @@ def build(
     val_fraction: of the train list, by video, used as val when there is no val list.
     seed: draws that val part.
     allow_outside_root: read photo paths outside `root` / `image_root` / the list's folder.
+    frames_per_video: frames read from a video folder entry, evenly spaced; 0 = all.
 
   Returns:
     'image' uint8 [N, size, size, 3], 'label' (1 live, 0 spoof), 'attack' (0 live, 1 spoof),
@@ -93,6 +102,12 @@ def build(
   if not domains:
     raise DataError("fas_json: no domains given")
   _check_pattern(pattern, len(domains))
+  if (
+    isinstance(frames_per_video, bool)
+    or not isinstance(frames_per_video, int)
+    or (frames_per_video < 0)
+  ):
+    raise DataError(f"fas_json: frames_per_video must be an integer >= 0, got {frames_per_video!r}")
   parts = []
   for d, domain in enumerate(domains):
     entries, where, list_file = _split_entries(split, root, domain, pattern, val_fraction, seed)
@@ -101,7 +116,7 @@ def build(
     list_dir = os.path.dirname(os.path.abspath(list_file))
     base = image_root or list_dir
     allowed = None if allow_outside_root else [p for p in (root, image_root, list_dir) if p]
-    parts.append(_read(entries, where, base, image_size, d, allowed))
+    parts.append(_read(entries, where, base, image_size, d, allowed, frames_per_video))
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -198,14 +213,30 @@ def _carve(entries, val_fraction, seed, keep):
   return [i for i, v in enumerate(videos) if (v in val_videos) == (keep == "val")]
 
 
-def _read(entries, where, base, image_size, domain, allowed=None):
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _frames(full: str, where: str, i: int, frames_per_video: int) -> list[str]:
+  """The frame files an entry names: the image itself, or a video folder's frames."""
+  if not os.path.isdir(full):
+    return [full]
+  names = sorted(n for n in os.listdir(full) if n.lower().endswith(FRAME_EXTENSIONS))
+  if not names:
+    raise DataError(
+      f"fas_json: {where} entry {i}: video folder {full} has no frames "
+      f"(no {' / '.join(FRAME_EXTENSIONS)} files)"
+    )
+  if frames_per_video and len(names) > frames_per_video:
+    names = [names[j] for j in np.linspace(0, len(names) - 1, frames_per_video).round().astype(int)]
+  return [os.path.join(full, n) for n in names]
+
+
+def _read(entries, where, base, image_size, domain, allowed=None, frames_per_video=0):
   from PIL import Image, UnidentifiedImageError
 
-  n = len(entries)
-  images = np.zeros((n, image_size, image_size, 3), np.uint8)
-  labels = np.zeros(n, np.int32)
+  images, labels, videos = [], [], []
   video_ids: dict[str, int] = {}
-  videos = np.zeros(n, np.int32)
+  video_labels: dict[int, int] = {}
   for i, entry in enumerate(entries):
     path = entry["photo_path"]
     full = path if os.path.isabs(path) else os.path.join(base, path)
@@ -216,15 +247,25 @@ def _read(entries, where, base, image_size, domain, allowed=None):
       )
     if not os.path.exists(full):
       raise DataError(f"fas_json: {where} entry {i}: image {full} does not exist")
-    try:
-      with Image.open(full) as im:
-        rgb = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError) as e:
-      raise DataError(f"fas_json: {where} entry {i}: cannot read image {full} ({e})") from None
-    images[i] = np.asarray(rgb, np.uint8)
-    labels[i] = int(entry["photo_label"])
-    video = str(entry.get("photo_belong_to_video_ID", path))
-    videos[i] = video_ids.setdefault(video, len(video_ids))
+    name = str(entry.get("photo_belong_to_video_ID", path))
+    video = video_ids.setdefault(name, len(video_ids))
+    if video_labels.setdefault(video, entry["photo_label"]) != entry["photo_label"]:
+      raise DataError(
+        f"fas_json: {where} entry {i}: video {name!r} has both live and spoof frames "
+        "(photo_label differs within one photo_belong_to_video_ID)"
+      )
+    for frame in _frames(full, where, i, frames_per_video):
+      try:
+        with Image.open(frame) as im:
+          rgb = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+      except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"fas_json: {where} entry {i}: cannot read image {frame} ({e})") from None
+      images.append(np.asarray(rgb, np.uint8))
+      labels.append(int(entry["photo_label"]))
+      videos.append(video)
+  n = len(images)
+  images = np.stack(images) if n else np.zeros((0, image_size, image_size, 3), np.uint8)
+  labels, videos = np.asarray(labels, np.int32), np.asarray(videos, np.int32)
   return {
     "image": images,
     "label": labels,
