@@ -206,11 +206,27 @@ def probabilities(judge: fd.FeatureExtractor, images) -> np.ndarray:
   )
 
 
+def evaluate(path: str, dataset: str = "cifar10", data_dir: str | None = None) -> dict:
+  """The saved judge's accuracy and mean top-class probability on `dataset`'s test split."""
+  loaded = load(path)
+  test = data.load(dataset, "test", data_dir=data_dir)
+  probs = probabilities(loaded, test["image"])
+  return dict(
+    test_accuracy=float(np.mean(probs.argmax(-1) == test["label"])),
+    mean_confidence=float(probs.max(-1).mean()),
+    n=len(test["label"]),
+    recorded_test_accuracy=loaded.info.get("test_accuracy"),
+  )
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m shared.judge", description=__doc__.split("\n")[0]
   )
-  parser.add_argument("--out", required=True, help="folder for checkpoints, judge.npz, result.json")
+  parser.add_argument("--out", help="folder for checkpoints, judge.npz, result.json")
+  parser.add_argument(
+    "--evaluate", metavar="PATH", help="only evaluate a saved judge (.npz or folder)"
+  )
   parser.add_argument("--data", default="cifar10", help="a registered labelled image set")
   parser.add_argument(
     "--width", type=int, default=32, help="ResNet-18 first-stage width (64 = standard)"
@@ -226,6 +242,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
   except SystemExit as e:  # argparse's own usage error (exit 2) or --help (exit 0)
     return int(e.code or 0)
+  if args.evaluate:
+    r = evaluate(args.evaluate, args.data, args.data_dir)
+    print(
+      f"judge {args.evaluate}: {args.data} test accuracy {r['test_accuracy']:.4f} on {r['n']} "
+      f"images (recorded: {r['recorded_test_accuracy']}), mean confidence "
+      f"{r['mean_confidence']:.4f}, on {jax.devices()[0].device_kind}"
+    )
+    return 0
+  if not args.out:
+    raise ConfigError("--out DIR is required to train (or --evaluate PATH to evaluate)")
   command = "python -m shared.judge " + " ".join(argv)
   info = train(
     args.out,

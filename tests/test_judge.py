@@ -44,3 +44,13 @@ def test_loading_another_extractor_is_a_data_error(tmp_path):
   ext.save(tmp_path / "other.npz")
   with pytest.raises(DataError, match="not a judge"):
     judge.load(str(tmp_path / "other.npz"))
+
+
+def test_the_shipped_cifar10_judge_loads_and_says_how_it_was_made():
+  shipped = judge.load("shared/assets/cifar10_judge")
+  assert shipped.info["dataset"] == "cifar10" and shipped.info["command"].startswith("python -m")
+  assert shipped.info["test_accuracy"] >= 0.93  # the gate it was shipped under (docs/results.md)
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  probs = judge.probabilities(shipped, images)
+  assert probs.shape == (3, 10) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+  assert shipped(images).shape == (3, 8 * shipped.info["width"])
