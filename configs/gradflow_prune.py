@@ -185,6 +185,9 @@ def get_config(arg=None):
       # the default FD features: a classifier trained on the data for this many steps
       feature_steps=30 if tiny else 3000 if cifar else 300,
       inception_weights="",  # pytorch-fid's pt_inception .pth/.npz -> FID with Inception pool3
+      # A fixed shared.judge classifier (its features for FD, its class judge on the samples);
+      # cifar: the shipped CIFAR-10 ResNet-18 (93.5%, docs/results.md). "" = feature_steps.
+      judge="shared/assets/cifar10_judge" if cifar else "",
       latency_batch=32 if tiny else 16,  # tiny: = batch_size, one compilation
       latency_repeats=2 if tiny else 3,
       grid=16 if tiny else 64,

@@ -16,7 +16,7 @@ import numpy as np
 
 from gradflow_prune import evaluate
 from gradflow_prune.toolkit import Toolkit
-from shared import fd, stages
+from shared import fd, judge, stages
 from shared.errors import ConfigError
 from shared.metrics import FeatureStats
 from shared.models import unet
@@ -24,10 +24,13 @@ from shared.workdir import read_json, save_npz, write_json
 
 
 def _extractor(config, eval_dir: str, train: dict) -> fd.FeatureExtractor:
-  """Inception when its weights are given, else the data's classifier (trained once, cached)."""
+  """Inception when its weights are given, else the fixed judge when one is named (`eval.judge`,
+  e.g. the shipped CIFAR-10 one), else the data's classifier (trained once, cached)."""
   ec = config.eval
   if ec.inception_weights:
     return fd.load_inception(ec.inception_weights)
+  if ec.judge:
+    return judge.load(ec.judge, batch_size=ec.batch_size)
   path = os.path.join(eval_dir, "features.npz")
   if os.path.isfile(path):
     return fd.FeatureExtractor.load(path)
@@ -121,9 +124,17 @@ class Evaluator:
       "latency_s": self.latency(kit, params),
       "sample_s": round(time.time() - start, 2),
     }
+    if self.config.eval.judge:  # does an independent classifier recognise the samples?
+      row.update(self.recognition(samples))
     grid = samples[: self.config.eval.grid]
     evaluate.save_grid(grid, os.path.join(self.dir, f"samples_{name}.png"), title=name)
     return row
+
+  def recognition(self, samples01) -> dict:
+    """The judge's mean top-class probability over the samples and their class histogram."""
+    probs = judge.probabilities(self.extractor, samples01)
+    counts = np.bincount(probs.argmax(-1), minlength=probs.shape[1])
+    return {"judge_confidence": float(probs.max(-1).mean()), "judge_histogram": counts.tolist()}
 
   def evaluate_teacher(self, kit: Toolkit, params, source: str) -> dict:
     """The teacher's row and samples (the SSIM reference), cached in eval/ per teacher source."""

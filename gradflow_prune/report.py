@@ -215,7 +215,7 @@ def render(*workdirs: str) -> str:
       f"- `{w}`: variant `{run.get('variant')}`, seeds {seeds}, {dev.get('count')} x "
       f"{dev.get('kind')}, wall time {run.get('wall_time_s')} s; teacher FD "
       f"{m['teacher_fd']:.4g} (data floor {m['data_fd']:.4g}), latency "
-      f"{m['teacher']['latency_s']:.4g} s."
+      f"{m['teacher']['latency_s']:.4g} s.{_recognition(m['teacher'])}"
     )
   out += ["", mean_std_table(rows, GROUP, COLUMNS), ""]
   summary = summarize(rows, runs[0]["metrics"]["teacher"])
@@ -225,6 +225,16 @@ def render(*workdirs: str) -> str:
 
 
 USAGE = "usage: python -m gradflow_prune.report RUN_DIR [RUN_DIR ...]"
+
+
+def _recognition(teacher: dict) -> str:
+  """' Judge: ...' when the run scored its samples with a fixed judge (eval.judge), else ''."""
+  if "judge_confidence" not in teacher:
+    return ""
+  return (
+    f" Judge on the teacher's samples: mean confidence {teacher['judge_confidence']:.3f}, "
+    f"class histogram {teacher['judge_histogram']}."
+  )
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,8 @@ from shared.errors import ConfigError, DataError
 from shared.models.resnet import ResNetClassifier
 
 FILE = "judge.npz"
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_CIFAR10 = "shared/assets/cifar10_judge"  # ResNet-18 w32, 93.53% (docs/results.md)
 
 
 def _float_images(images_BxHxWxC: jax.Array) -> jax.Array:
@@ -184,7 +186,11 @@ def _as_float32(extractor: fd.FeatureExtractor) -> fd.FeatureExtractor:
 
 
 def load(path: str, batch_size: int = 500) -> fd.FeatureExtractor:
-  """The judge saved by `train` (`path` the .npz or its folder), computing in float32."""
+  """The judge saved by `train` (`path` the .npz or its folder; a relative path that does not
+  exist here is taken from the repository root, so `SHIPPED_CIFAR10` works from any folder),
+  computing in float32."""
+  if not os.path.isabs(path) and not os.path.exists(path):  # e.g. shared/assets/... from any cwd
+    path = os.path.join(_REPO_ROOT, path)
   if os.path.isdir(path):
     path = os.path.join(path, FILE)
   judge = fd.FeatureExtractor.load(path, batch_size=batch_size)

@@ -54,3 +54,20 @@ def test_the_shipped_cifar10_judge_loads_and_says_how_it_was_made():
   probs = judge.probabilities(shipped, images)
   assert probs.shape == (3, 10) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
   assert shipped(images).shape == (3, 8 * shipped.info["width"])
+
+
+def test_gradflow_eval_uses_a_named_judge_for_features_and_recognition(trained, tmp_path):
+  import types
+
+  from configs import gradflow_prune as config_file
+  from gradflow_prune import evaluator
+
+  out, info = trained
+  cfg = config_file.get_config("tiny")
+  cfg.eval.judge = out
+  test = data.load("digits", "test")
+  extractor = evaluator._extractor(cfg, str(tmp_path), train=None)  # no classifier trained
+  assert extractor.arch == "resnet_classifier" and extractor.info == info
+  rec = evaluator.Evaluator.recognition(types.SimpleNamespace(extractor=extractor), test["image"])
+  assert sum(rec["judge_histogram"]) == len(test["image"]) and 0.1 <= rec["judge_confidence"] <= 1
+  assert config_file.get_config("cifar").eval.judge == judge.SHIPPED_CIFAR10
