@@ -99,7 +99,7 @@ def get_config(arg=None):
       )
     )
   else:
-    sizes = {"tiny": (30, 15, 30), "compare": (1000, 200, 400)}.get(g, (480, 120, 240))
+    sizes = {"tiny": (30, 15, 30), "compare": (750, 150, 300)}.get(g, (480, 120, 240))
     cfg.data.name = "fas_proxy"
     cfg.data.options = ml_collections.ConfigDict(
       dict(
@@ -136,9 +136,9 @@ def get_config(arg=None):
   )
 
   # Pre-training: L = mae_weight * MAE + supcon_weight * SupCon (lambda = supcon_weight).
-  # compare: 2,400 steps x 256 = 205 epochs of the 3,000 source images of a leave-one-out
-  # protocol (307 of the 2,000 of a two-source one).
-  pre_steps = {"tiny": 4, "compare": 2400, "paper": 40_000}.get(g, 200)
+  # compare: 1,760 steps x 256 = 200 epochs of the 2,250 source frames of a leave-one-out
+  # protocol (300 of the 1,500 of a two-source one).
+  pre_steps = {"tiny": 4, "compare": 1760, "paper": 40_000}.get(g, 200)
   pre_batch = {"tiny": 16, "compare": 256, "paper": 256}.get(g, 32)
   cfg.pretrain = ml_collections.ConfigDict(
     dict(
@@ -213,8 +213,8 @@ def get_config(arg=None):
   # Baselines trained only with labels: at most pre-train + fine-tune cap steps (early-stopped).
   cfg.baselines = ml_collections.ConfigDict(
     dict(
-      # compare: 2,000 x 128 = 85 epochs of a leave-one-out protocol's sources (64 in-domain).
-      supervised_steps={"compare": 2000}.get(g, pre_steps + ft_steps),
+      # compare: 1,500 x 128 = 85 epochs of a leave-one-out protocol's sources (64 in-domain).
+      supervised_steps={"compare": 1500}.get(g, pre_steps + ft_steps),
       supcon_mask_ratio=0.0,  # SupCon -> FT sees whole images, as in Khosla et al.
       scratch_optimizer=config_utils.optimizer_config(
         name="adamw",
