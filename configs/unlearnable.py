@@ -75,6 +75,10 @@ def get_config(arg=None):
   cfg.seed = 0  # Recorded in results.json; the run loops over `seeds`.
   cfg.seeds = (0,) if tiny else (0, 1, 2)
   cfg.eps = 8 / 255
+  # Victims train on the uint8 release (protected.npz: x + delta rounded to grey levels within
+  # the budget, unlearnable/release.py), as the protected set would be published; False trains
+  # on the float perturbation (the behaviour before 2026-12-03).
+  cfg.release_uint8 = True
   cfg.generator = "tue"  # What `unlearnable.generate(config, ...)` makes unless method= is given.
 
   # -- data -------------------------------------------------------------------------------------

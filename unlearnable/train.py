@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from shared import data as data_lib
 from shared import workdir as workdir_lib
 from shared.errors import ConfigError, DataError
-from unlearnable import csd, evaluate, perturb, report
+from unlearnable import csd, evaluate, perturb, release, report
 
 
 def _load(config_data, split):
@@ -86,8 +86,31 @@ def perturbation_stats(delta, labels, num_classes, eps, seed) -> dict:
   return out
 
 
-def protect(config, method, train, num_classes, seed_key, mdir) -> tuple[np.ndarray, dict]:
-  """The method's perturbations of the training split, from perturbations.npz when made before."""
+def protected_delta(config, method, train, num_classes, seed_key, mdir) -> tuple[np.ndarray, dict]:
+  """The method's perturbations of the training split, from perturbations.npz when made before.
+
+  With `config.release_uint8` (every variant) the perturbation returned is that of the uint8
+  release `protected.npz` (x + delta rounded to grey levels within the budget,
+  `release.quantize`), read back from the file: the victims train on the released images.
+  """
+  delta, info = _generate(config, method, train, num_classes, seed_key, mdir)
+  if not config.release_uint8:
+    return delta, info
+  path = os.path.join(mdir, "protected.npz")
+  if not os.path.exists(path):
+    protected = release.quantize(train["image"], delta, config.eps)
+    if jax.process_index() == 0:
+      release.save_protected(path, protected, train["label"], eps=config.eps)
+      clean = release.quantize(train["image"], np.zeros_like(delta), config.eps)
+      release.save_grid(os.path.join(mdir, "protected.png"), clean, protected, config.eps)
+  released = release.load_protected(path) if os.path.exists(path) else {"images": protected}
+  if released["images"].shape[0] != len(train["label"]):
+    raise DataError(f"{path} was made for other data; use a fresh --workdir")
+  return release.as_delta(released["images"].reshape(train["image"].shape), train["image"]), info
+
+
+def _generate(config, method, train, num_classes, seed_key, mdir) -> tuple[np.ndarray, dict]:
+  """The float perturbations of the training split, from perturbations.npz when made before."""
   path = os.path.join(mdir, "perturbations.npz")
   info_path = os.path.join(mdir, "generation.json")
   n = len(train["label"])
@@ -126,7 +149,9 @@ def run_seed(config, seed: int, sets: dict, num_classes: int, sdir: str) -> tupl
   cells, infos = {}, {}
   for method in config.methods:
     mdir = os.path.join(sdir, method)
-    delta, infos[method] = protect(config, method, sets["train"], num_classes, seed_key, mdir)
+    delta, infos[method] = protected_delta(
+      config, method, sets["train"], num_classes, seed_key, mdir
+    )
     cells[method] = {}
     for victim in config.victims:
       cdir = os.path.join(mdir, victim)
