@@ -40,19 +40,36 @@ def count(hlo_text: str) -> dict[str, dict[str, int]]:
   return {k: {"ops": ops[k], "elements": elements[k]} for k in ops}
 
 
-def main(argv):
+USAGE = (
+  "usage: python -m benchmarks.collectives --config configs/<method>.py[:variant] [--what W] "
+  "[--devices N] [--per_device_batch B]"
+)
+
+
+def main(argv=None) -> int:
   from absl import flags
   from ml_collections import config_flags
 
+  from shared.errors import ConfigError, UserError
+
+  argv = sys.argv if argv is None else list(argv)
   config_flags.DEFINE_config_file("config", None, "Method config file[:variant].", lock_config=True)
   flags.DEFINE_string("what", "train_step", "Which cases (as benchmarks.run).")
   flags.DEFINE_integer("devices", 2, "Virtual CPU devices (set before JAX starts).")
   flags.DEFINE_integer("per_device_batch", 2, "Examples per device.")
+  if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
+    print(f"{USAGE}\n\n{__doc__.strip()}\n\nflags:\n{flags.FLAGS.module_help(__name__)}")
+    return 0
   try:
     flags.FLAGS(argv)
+    config = flags.FLAGS.config
+    if config is not None:
+      config.to_json_best_effort()  # a lazily failed load raises here
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # ml_collections raises several types for a bad config file or override
+    cause = e.__cause__ or e.__context__
+    raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
   fl = flags.FLAGS
   os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={fl.devices}"
@@ -61,23 +78,21 @@ def main(argv):
   import jax
 
   from benchmarks.cases import BENCH_MODULES
-  from shared.errors import UserError
 
-  try:
-    if fl.config is None:
-      raise UserError("--config is required")
-    method = fl.config.get("method")
-    if method not in BENCH_MODULES:
-      raise UserError(f"no benchmark cases for method {method!r}")
-    cases = BENCH_MODULES[method]().cases(fl.config, fl.what, fl.per_device_batch * fl.devices)
-  except UserError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+  if config is None:
+    raise ConfigError(f"--config is required; {USAGE}")
+  method = config.get("method")
+  if method not in BENCH_MODULES:
+    raise ConfigError(f"no benchmark cases for method {method!r}; known: {sorted(BENCH_MODULES)}")
+  cases = BENCH_MODULES[method]().cases(config, fl.what, fl.per_device_batch * fl.devices)
   for c in cases:
     text = c.step.lower(*c.args).compile().as_text()
     params = c.meta.get("params")
     print(f"{c.name} on {jax.device_count()} devices (params: {params}): {count(text)}")
+  return 0
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  from shared import cli
+
+  sys.exit(cli.guarded(main))

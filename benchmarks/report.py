@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import sys
 
+from shared import cli
+from shared.errors import ConfigError, DataError
+
 # case, batch, metric (examples/s), target, peer label, peer value. From the performance issue
 # and ../shared/research/peers.md (PyTorch references on one H200).
 TARGETS = (
@@ -166,17 +169,26 @@ def report(rows: list[dict]) -> str:
   return "\n\n".join(parts)
 
 
-def main(argv):
+USAGE = "usage: python -m benchmarks.report BENCH.jsonl [BENCH.jsonl ...]"
+
+
+def main(argv=None) -> int:
+  """Prints the tables; a missing or unreadable file is a DataError (one `error:` line, exit 2)."""
+  argv = sys.argv if argv is None else list(argv)
   if len(argv) < 2:
-    print("usage: python -m benchmarks.report BENCH.jsonl [...]", file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError(f"no BENCH.jsonl given; {USAGE}")
+  paths = cli.run_folders(argv[1:], USAGE, __doc__.strip().splitlines()[0])
+  if paths is None:  # --help
+    return 0
   try:
-    rows = read(argv[1:])
-  except (OSError, json.JSONDecodeError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    rows = read(paths)
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"cannot read {getattr(e, 'filename', None) or paths}: {e}") from None
+  except json.JSONDecodeError as e:
+    raise DataError(f"not JSON lines of `python -m benchmarks.run` ({e}); {USAGE}") from None
   print(report(rows))
+  return 0
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  sys.exit(cli.guarded(main))

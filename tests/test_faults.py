@@ -476,10 +476,12 @@ def test_report_on_missing_foreign_or_corrupt_run_is_one_line(finished, tmp_path
 
 
 @pytest.mark.parametrize(
-  "command", ["gradflow_prune.report", "benchmarks.run"], ids=["gradflow_report", "bench_run"]
+  "command",
+  ["gradflow_prune.report", "benchmarks.run", "benchmarks.report", "benchmarks.collectives"],
 )
 def test_cli_without_input_or_with_an_unknown_option_is_one_line(command):
-  """No run folder / no --config, and an unknown option: one `error:` line naming the usage."""
+  """No input (run folder, --config, file), and an unknown option: one `error:` line, exit 2;
+  --help: the usage, exit 0."""
   procs = [
     subprocess.Popen(
       [sys.executable, "-m", command, *args],
@@ -489,13 +491,16 @@ def test_cli_without_input_or_with_an_unknown_option_is_one_line(command):
       stderr=subprocess.PIPE,
       text=True,
     )
-    for args in ([], ["--bogus"])
+    for args in ([], ["--bogus"], ["--help"])
   ]
-  for proc, words in zip(procs, (["usage: python -m " + command], ["bogus"]), strict=True):
+  usage = "usage: python -m " + command
+  for proc, words in zip(procs[:2], ([usage], ["bogus"]), strict=True):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and not out, (proc.returncode, out, err[-3000:])
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert all(w in err for w in words), err
+  out, err = procs[2].communicate(timeout=120)
+  assert procs[2].returncode == 0 and out.startswith(usage), (out, err[-3000:])
 
 
 def test_weights_hints_never_suggest_an_unsafe_torch_load(tmp_path, monkeypatch):
