@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,10 +35,18 @@ def assert_user_error(proc, *words):
     assert w in last, last
 
 
-def test_toy_run_writes_the_workdir_and_resumes(tmp_path):
-  proc = run(*TOY, workdir=tmp_path)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """One finished toy run (its workdir and process), shared: tests that change it use a copy."""
+  workdir = tmp_path_factory.mktemp("toy_finished")
+  return workdir, run(*TOY, workdir=workdir)
+
+
+def test_toy_run_writes_the_workdir_and_resumes(finished, tmp_path):
+  first, proc = finished
   assert proc.returncode == 0, proc.stderr
   assert "toy: done" in proc.stdout
+  shutil.copytree(first, tmp_path, dirs_exist_ok=True)
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["method"] == "toy" and results["seed"] == 0 and results["variant"] == "tiny"
   assert results["metrics"]["test_accuracy"] > 0.8  # 60 MLP steps on digits
@@ -75,8 +84,10 @@ def test_unknown_variant_and_missing_config(tmp_path):
   assert_user_error(proc, "nope.py")
 
 
-def test_corrupt_checkpoint_is_exit_2_and_kept(tmp_path):
-  assert run(*TOY, workdir=tmp_path).returncode == 0
+def test_corrupt_checkpoint_is_exit_2_and_kept(finished, tmp_path):
+  first, proc = finished
+  assert proc.returncode == 0, proc.stderr
+  shutil.copytree(first, tmp_path, dirs_exist_ok=True)
   latest = tmp_path / "checkpoints" / "60"
   for root, _, files in os.walk(latest):
     for name in files:
