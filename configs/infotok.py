@@ -9,8 +9,10 @@ Variants:
   default  all three styles (ar, masked, semantic) x {baseline, entropy-loss baseline,
            InfoTok-VIB, InfoTok-HSIC} on `shapes` at 48 px (3x3 tokens, one per grid cell), one
            seed, sized for 2 CPU cores (see docs/results.md for the measured wall time).
-  tiny     the same pipeline on a few hundred examples and a few steps (tests).
-  compare  the default with 3 seeds (`seeds`, each in `seed_<s>/`) and a larger budget (GPU).
+  tiny     the whole factorial of tokenizer objectives (`variants`: + rate_matched, vib_kl,
+           vib_nce) on a few hundred examples and a few steps (tests).
+  compare  the whole factorial with 3 seeds (`seeds`, each in `seed_<s>/`) and a larger budget
+           (GPU).
   paper    the pipeline at 256 px with ViT-B-size unified models on an image-caption TFDS set
            (coco_captions, prepared beforehand in `data.data_dir`; a local pretrained text
            tokenizer, GPT-2's by default), judged by a retrieval model (infotok/captions.py).
@@ -47,7 +49,20 @@ def get_config(arg=None):
   cfg.variant = v
   cfg.seed = 0  # the judge's seed; the runs use `seeds`
   cfg.seeds = pick((0,), c=(0, 1, 2))
-  cfg.variants = ("baseline", "entropy", "infotok_vib", "infotok_hsic")
+  # The tokenizer objectives (infotok/tokenizer_sweep.py); the default runs four of them to fit
+  # 2 CPU cores, the others the whole factorial.
+  factorial = (
+    "baseline",
+    "rate_matched",
+    "entropy",
+    "vib_kl",
+    "vib_nce",
+    "infotok_vib",
+    "infotok_hsic",
+  )
+  cfg.variants = pick(
+    ("baseline", "entropy", "infotok_vib", "infotok_hsic"), factorial, factorial, factorial
+  )
 
   cfg.data = ml_collections.ConfigDict(
     dict(
@@ -113,6 +128,7 @@ def get_config(arg=None):
       revive_threshold=0.01,
       usage_decay=0.99,
       entropy_temperature=0.01,  # MaskGIT's
+      compute_dtype="float32",  # or bfloat16 (accelerators): encoder / decoder compute; params f32
       embed_dim=64,
       num_steps=pick(1_500, t=40, c=5_000, p=100_000),
       batch_size=pick(32, c=64, p=256),
@@ -124,11 +140,15 @@ def get_config(arg=None):
   # The regularisers. Betas are swept and chosen on the validation split (select.*).
   # MaskGIT's entropy_loss_ratio is 0.1 next to losses of order 1; here the reconstruction MSE is
   # ~5e-3 and the entropy loss ~-log K, so the weight is scaled down to keep the ratio sane.
-  cfg.entropy = ml_collections.ConfigDict(dict(weight=1e-3))
+  # Each variant takes one value of its list, chosen on validation (tokenizer_sweep.choose).
+  cfg.entropy = ml_collections.ConfigDict(
+    dict(weights=pick((3e-4, 1e-3), t=(1e-3,), c=(1e-4, 3e-4, 1e-3, 3e-3)))
+  )
   cfg.vib = ml_collections.ConfigDict(
     dict(
-      betas=pick((1e-3, 3e-3, 1e-2), t=(1e-3, 1e-1), c=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
-      consistency=1e-3,  # lambda of the I_NCE(Z; Y) term of InfoTok-VIB
+      betas=pick((1e-3, 3e-3, 1e-2), t=(1e-3,), c=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+      consistency=1e-3,  # lambda of the I_NCE(Z; Y) term of InfoTok-VIB (fixed)
+      consistency_weights=pick((1e-3, 1e-2), t=(1e-3,), c=(1e-4, 1e-3, 1e-2)),  # vib_nce's sweep
     )
   )
   cfg.hsic = ml_collections.ConfigDict(
@@ -145,6 +165,7 @@ def get_config(arg=None):
       num_heads=pick(4, t=2, c=4, p=12),
       mlp_ratio=4.0,
       dropout=0.0,
+      compute_dtype="float32",  # or bfloat16 (accelerators); params and logits stay float32
       num_steps=pick(800, t=30, c=4_000, p=100_000),
       batch_size=pick(32, c=64, p=256),
       task_fractions=on_captions((0.5, 0.25, 0.25), (0.5, 0.5, 0.0)),  # t2i, i2t, vqa rows

@@ -63,16 +63,24 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
   splits = {}
   for split in SPLITS:
     source, n = cfg.tfds_splits[split], cfg[f"num_{split}"]
-    arrays = data_lib.load(
-      cfg.name,
-      f"{source}[:{n}]" if n else source,
-      data_dir=cfg.data_dir or None,
-      image_size=cfg.resolution,
-      features=("image", cfg.caption_feature),
-      # Every process holds the whole split, as with `shapes` (the trainers batch from it).
-      process_index=0,
-      process_count=1,
-    )
+    try:
+      arrays = data_lib.load(
+        cfg.name,
+        f"{source}[:{n}]" if n else source,
+        data_dir=cfg.data_dir or None,
+        image_size=cfg.resolution,
+        features=("image", cfg.caption_feature),
+        # Every process holds the whole split, as with `shapes` (the trainers batch from it).
+        process_index=0,
+        process_count=1,
+      )
+    except DataError as e:
+      if "has no features" not in str(e) or repr(cfg.caption_feature) not in str(e):
+        raise
+      raise DataError(
+        f"{e}; InfoTok needs captions: set config.data.caption_feature to the set's caption "
+        "feature (flattened, e.g. 'captions/text')"
+      ) from None
     arrays = data_lib.images_to_float(arrays)
     arrays.process_local = False  # loaded whole on every process (above)
     arrays["captions"] = arrays.pop(cfg.caption_feature)
@@ -183,6 +191,21 @@ class RetrievalJudge(judge_lib.Batched):
   def judge_images(self, images, arrays) -> dict[str, float]:
     return self.pair_scores(images, arrays["caption_ids"][: len(images)])
 
+  def critic_scores(self, images, arrays) -> np.ndarray:
+    """s_ij = exp(log_scale) cos(image i, caption j) [N, N], the judge's own CLIP critic: a fixed
+    critic, so `shared.mi.infonce(s)` is a lower bound on I(image; caption)."""
+    cos = self.features(images) @ self.text_features(arrays["caption_ids"][: len(images)]).T
+    return float(np.exp(np.asarray(self.params["log_scale"]))) * cos
+
+  def item_scores(self, images, arrays) -> np.ndarray:
+    """Per image, 1 when it retrieves its caption among `group` (R-precision's per-item hit)."""
+    cos = self.features(images) @ self.text_features(arrays["caption_ids"][: len(images)]).T
+    return retrieval_hits(cos, self.group)
+
+  def caption_item_scores(self, images, caption_ids) -> np.ndarray:
+    """Per generated caption, 1 when it retrieves its image among `group`."""
+    return retrieval_hits(self.text_features(caption_ids) @ self.features(images).T, self.group)
+
   def caption_scores(self, images, caption_ids) -> dict[str, float]:
     """Generated captions retrieving their images: R-precision among `group`."""
     cos = self.text_features(caption_ids) @ self.features(images).T
@@ -190,6 +213,17 @@ class RetrievalJudge(judge_lib.Batched):
 
   def save(self, path: str) -> None:
     save_params(path, self.params)
+
+
+def retrieval_hits(scores_NxN, group: int) -> np.ndarray:
+  """Per query, 1.0 when its match (the diagonal) scores highest among its group of candidates:
+  the per-item terms whose mean is `shared.metrics.r_precision`."""
+  s = np.asarray(scores_NxN, np.float64)
+  hits = [
+    s[i : i + group, i : i + group].argmax(axis=1) == np.arange(len(s[i : i + group]))
+    for i in range(0, len(s), group)
+  ]
+  return np.concatenate(hits).astype(np.float64)
 
 
 def _embedders(net: DualEncoder):

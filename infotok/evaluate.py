@@ -9,7 +9,7 @@
                   all-correct rate; FD between judge features of generated and real images.
   reconstruction  PSNR against the nuisance-laden input `image` and the `clean` render, FD, the
                   judge's accuracy on reconstructions (the task relevance kept by the tokens),
-                  code usage and rate.
+                  an InfoNCE lower bound on I(Z; Y) with the judge as critic, code usage, rate.
 Plots: the information plane (rate vs relevance) of a beta sweep; sample grids.
 
 On image-caption sets (`infotok.captions`) the judge is a retrieval model: understanding is BLEU-4
@@ -27,6 +27,7 @@ import numpy as np
 from infotok import captions, quantizers, regularizers
 from infotok import text as text_lib
 from shared import metrics as metrics_lib
+from shared import mi
 from shared.data import shapes
 
 ATTRS = ("shape", "colour", "size", "position")
@@ -54,23 +55,28 @@ def caption_scores(predicted: list[str], arrays, grid: int) -> dict[str, float]:
   """Parse rate, object-count accuracy and per-attribute accuracy of generated captions.
 
   Attribute accuracy: over all ground-truth objects, the fraction whose attribute equals that of
-  the generated object at the same index (a missing or unparsable object counts as wrong).
+  the generated object at the same index (a missing or unparsable object counts as wrong);
+  'item_caption_attribute' holds, per caption, that fraction over its own objects' attributes.
   """
   parsed, hits = 0, dict.fromkeys(ATTRS, 0)
-  count_ok, n_obj = 0, 0
+  count_ok, n_obj, per_item = 0, 0, []
   for i, text in enumerate(predicted):
     truth = objects_of(arrays, i, grid)
     got = shapes.parse_caption(text, grid)
     if got is not None:
       parsed += 1
       count_ok += len(got) == len(truth)
+    item_hits = 0
     for j, obj in enumerate(truth):
       n_obj += 1
       if got is not None and j < len(got):
         for a, x, y in zip(ATTRS, obj, got[j], strict=True):
           hits[a] += x == y
+          item_hits += x == y
+    per_item.append(item_hits / max(len(ATTRS) * len(truth), 1))
   n = max(len(predicted), 1)
   out = {f"caption_{a}": hits[a] / max(n_obj, 1) for a in ATTRS}
+  out["item_caption_attribute"] = per_item  # per caption: its objects' attributes right
   out["caption_attribute_mean"] = float(np.mean([out[f"caption_{a}"] for a in ATTRS]))
   out["caption_parsed"] = parsed / n
   out["caption_count"] = count_ok / n
@@ -83,7 +89,9 @@ def understanding(
   """Captioning and VQA on the first n examples of a split (codes from the frozen tokenizer).
 
   Image-caption sets (no questions): BLEU-4 against every reference and the judge's caption
-  R-precision instead.
+  R-precision instead. 'item_understanding': the per-example score of the paired statistics
+  (shapes: the mean of VQA exact match and the caption's attribute accuracy; image-caption sets:
+  the caption's retrieval hit).
   """
   tokens = tokens[:n]
   sub = {k: v[:n] for k, v in arrays.items()}
@@ -94,16 +102,20 @@ def understanding(
     hyps = [text_lib.normalize(c).split() for c in texts]
     out = {"caption_bleu4": metrics_lib.corpus_bleu(hyps, captions.references(sub, n))}
     out.update(judge.caption_scores(sub["image"], caption_ids))
+    out["item_understanding"] = _rounded(judge.caption_item_scores(sub["image"], caption_ids))
     out["samples"] = [
       {"caption": c, "reference": r} for c, r in list(zip(texts, reference, strict=True))[:4]
     ]
     return out
   out = caption_scores(texts, sub, grid)
+  caption_items = np.asarray(out.pop("item_caption_attribute"))
   out["caption_exact"] = float(np.mean([a == b for a, b in zip(texts, reference, strict=True)]))
   answers = text_lib.decode(text_tok, trainer.answer(params, tokens, sub["question_ids"]))
   truth = text_lib.decode(text_tok, sub["answer_ids"])
   correct = np.asarray([a == b for a, b in zip(answers, truth, strict=True)])
   out["vqa_accuracy"] = float(correct.mean())
+  # The paired statistics' per-item score (infotok.stats): the mean of the two understanding tasks.
+  out["item_understanding"] = _rounded((correct + caption_items) / 2)
   if "question_type" in sub:
     for t, name in enumerate(shapes.txt.QUESTION_TYPES):
       sel = sub["question_type"] == t
@@ -118,7 +130,7 @@ def understanding(
 
 def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: int):
   """Images generated from the first n captions of a split, judged (per attribute on `shapes`,
-  by retrieval on image-caption sets).
+  by retrieval on image-caption sets); 'item_generation' per image (`judge.item_scores`).
 
   Returns (metrics, generated images [n, H, W, 3]).
   """
@@ -126,9 +138,15 @@ def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: 
   codes = trainer.generate_images(params, prompts, key)
   images = tok_trainer.decode(tok_params, codes)
   out = {f"gen_{k}": v for k, v in judge.judge_images(images, arrays).items()}
+  out["item_generation"] = _rounded(judge.item_scores(images, arrays))
   out["gen_fd"] = feature_fd(judge, images, arrays["clean"][:n])
   out["gen_code_entropy"] = quantizers.code_usage(codes, tok_trainer.num_codes)["code_entropy"]
   return out, images
+
+
+def _rounded(scores) -> list[float]:
+  """Per-item scores for a result.json (6 digits)."""
+  return [round(float(v), 6) for v in np.asarray(scores, np.float64).reshape(-1)]
 
 
 def feature_fd(judge, images_a, images_b) -> float:
@@ -159,6 +177,9 @@ def reconstruction(tok_trainer, params, arrays, judge, n: int) -> dict:
   }
   judged = judge.judge_images(recon, arrays)
   out["relevance"] = judged[judge.relevance_key]
+  # I(Z; Y) >= I(recon(Z); Y) >= I_NCE with the judge as a fixed critic (shared.mi.infonce).
+  critic = jnp.asarray(judge.critic_scores(recon, arrays), jnp.float32)
+  out["relevance_nce_nats"] = float(mi.infonce(critic))
   out.update({f"recon_{k}": v for k, v in judged.items()})
   mu, logvar = tok_trainer.posterior(params, images)
   out["kl_nats"] = float(
@@ -207,31 +228,31 @@ def information_plane(
   relevance_label: str = "judge accuracy on reconstructions",
 ) -> str:
   """Rate (sum of per-position code entropies, nats/image) vs relevance (judge accuracy on
-  reconstructions), one line per swept regulariser, baselines as markers; a second panel with
-  the KL of the VIB sweep."""
+  reconstructions), one line per sweep (points with their swept 'value'), `baselines` as
+  markers; a second panel with the KL of the sweeps over the KL beta (labels naming 'betas')."""
   plt = _plt()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for name, points in sweeps.items():
-    pts = sorted(points, key=lambda p: p["beta"])
+    pts = sorted(points, key=lambda p: p["value"])
     # The KL is a rate only where the posterior variance is trained (the VIB variants).
-    panels = ("rate_nats", "kl_nats") if "VIB" in name else ("rate_nats",)
+    panels = ("rate_nats", "kl_nats") if "betas" in name else ("rate_nats",)
     for ax, x in zip(axes, panels, strict=False):
       xs = [p[x] for p in pts]
       ys = [p["relevance"] for p in pts]
       ax.plot(xs, ys, "o-", label=name)
       for p, xv, yv in zip(pts, xs, ys, strict=True):
         ax.annotate(
-          f"{p['beta']:.0e}", (xv, yv), fontsize=7, textcoords="offset points", xytext=(3, 3)
+          f"{p['value']:.0e}", (xv, yv), fontsize=7, textcoords="offset points", xytext=(3, 3)
         )
   for name, p in baselines.items():
     axes[0].plot([p["rate_nats"]], [p["relevance"]], "s", label=name)
   axes[0].set_xlabel("rate: sum_t H(code_t) [nats / image]")
-  axes[1].set_xlabel("VIB sweep: KL(q(z|x) || N(0, I)) [nats / image]")
+  axes[1].set_xlabel("KL-beta sweeps: KL(q(z|x) || N(0, I)) [nats / image]")
   for ax in axes:
     ax.set_ylabel(f"relevance: {relevance_label} (val)")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
-  fig.suptitle("Information plane over the beta sweep (validation split)")
+  fig.suptitle("Information plane over the sweeps (validation split)")
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=110)

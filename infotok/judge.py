@@ -140,6 +140,21 @@ def score_predictions(pred: dict[str, np.ndarray], targets: dict[str, np.ndarray
   return out
 
 
+CRITIC_SMOOTHING = 0.1  # of `Judge.critic_scores`
+
+
+def item_attribute_mean(pred: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> np.ndarray:
+  """Per image: the fraction right of (shape, colour, size, detected) over its objects' cells, [B]
+  (images without objects score 1). The per-item form of `score_predictions`' attribute mean,
+  which weights objects, not images."""
+  occupied = targets["cell_shape"] > 0
+  hits = sum(
+    (pred[k] == targets[k]) & occupied for k in ("cell_shape", "cell_colour", "cell_size")
+  ) + ((pred["cell_shape"] > 0) & occupied)
+  n_obj = occupied.sum(axis=1)
+  return np.where(n_obj > 0, hits.sum(axis=1) / np.maximum(4 * n_obj, 1), 1.0)
+
+
 class Batched:
   """`_batched(fn, x)`: fn(self.params, chunk) over fixed-size chunks of x (the last one padded,
   so each jitted fn compiles once: `shared.stages.batched_apply`), outputs concatenated."""
@@ -197,6 +212,33 @@ class Judge(Batched):
   def judge_images(self, images, arrays) -> dict:
     sub = {k: v[: len(images)] for k, v in arrays.items()}
     return self.score(images, cell_targets(sub, self.num_cells))
+
+  def critic_scores(self, images, arrays) -> np.ndarray:
+    """s_ij = log q(scene j | image i) [N, N] under the judge's per-cell posteriors, each mixed
+    with `CRITIC_SMOOTHING` of the uniform (one confident mistake must not sink a row): the log
+    probability of scene j's shape (or empty) in every cell and of its colour and size in the
+    cells it occupies. A fixed critic, so `shared.mi.infonce(s)` is a lower bound on
+    I(image; scene) (any critic gives one)."""
+    sub = {k: v[: len(images)] for k, v in arrays.items()}
+    t = cell_targets(sub, self.num_cells)
+    occupied = (t["cell_shape"] > 0).astype(np.float32)
+    logits = self._batched(self._logits, images)
+    scores = np.zeros((len(images), len(images)), np.float64)
+    heads = zip(logits, ("cell_shape", "cell_colour", "cell_size"), strict=True)
+    for i, (logits_NxCxK, key) in enumerate(heads):
+      p_NxCxK = np.asarray(jax.nn.softmax(logits_NxCxK, axis=-1), np.float64)
+      k = p_NxCxK.shape[-1]
+      logp_NxCxK = np.log((1 - CRITIC_SMOOTHING) * p_NxCxK + CRITIC_SMOOTHING / k)
+      onehot_NxCxK = np.eye(logits_NxCxK.shape[-1])[t[key]]
+      if i > 0:  # colour and size only where scene j has an object
+        onehot_NxCxK = onehot_NxCxK * occupied[..., None]
+      scores += np.einsum("ick,jck->ij", logp_NxCxK, onehot_NxCxK)
+    return scores
+
+  def item_scores(self, images, arrays) -> np.ndarray:
+    """Per image, the attribute mean of its described objects (`item_attribute_mean`)."""
+    sub = {k: v[: len(images)] for k, v in arrays.items()}
+    return item_attribute_mean(self.predict(images), cell_targets(sub, self.num_cells))
 
   def save(self, path: str) -> None:
     save_params(path, self.params)

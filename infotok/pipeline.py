@@ -6,6 +6,7 @@ A `Pipeline` holds the data, the judge and the trainers that every sub-run of ev
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -55,25 +56,41 @@ class Pipeline:
     self.split_names = captions.SPLITS if self.caption_set else inputs.SPLITS
     self.eval_splits = ("test",) if self.caption_set else ("test", "heldout")
     self.mesh = train_lib.make_mesh(config.run.model_axis)
-    self.tok = TokenizerTrainer(
-      config.tokenizer,
-      len(text_tok),
-      config.text.caption_len,
-      self.mesh,
-      config.tokenizer.num_steps,
-    )
-    n_tokens = self.tok.grid(info["image_shape"][0]) ** 2
-    ids = text_lib.special_ids(text_tok)
+    self._tokenizer_trainers: dict[str, TokenizerTrainer] = {}
+    self.overrides: dict[str, dict] = {}  # tokenizer name -> its config overrides (rate_matched)
+    self.tok = self.tokenizer_trainer({})
     qa = not self.caption_set  # image-caption sets have no question-answer pairs
     if not qa and config.unified.task_fractions[2] > 0:
       raise ConfigError(
         f"unified.task_fractions={tuple(config.unified.task_fractions)}: {config.data.name} has "
         "no questions; set the vqa fraction (the third) to 0"
       )
-    self.layout = Layout(
-      text_vocab=len(text_tok),
-      num_codes=self.tok.num_codes,
-      num_image_tokens=n_tokens,
+    self.layout = self.layout_for(self.tok)
+    self.unified = {}
+    self.stage_seconds: dict[str, float] = {}
+
+  def tokenizer_trainer(self, overrides: dict) -> TokenizerTrainer:
+    """The trainer of the configured tokenizer with `overrides` (e.g. a smaller codebook)."""
+    key = json.dumps(overrides, sort_keys=True)
+    if key not in self._tokenizer_trainers:
+      cfg = self.config.tokenizer.copy_and_resolve_references()
+      cfg.update(overrides)
+      text = (len(self.text_tok), self.config.text.caption_len)
+      self._tokenizer_trainers[key] = TokenizerTrainer(cfg, *text, self.mesh, cfg.num_steps)
+    return self._tokenizer_trainers[key]
+
+  def trainer_of(self, tok_name: str) -> TokenizerTrainer:
+    """The trainer (architecture) of a trained tokenizer, by name."""
+    return self.tokenizer_trainer(self.overrides.get(tok_name, {}))
+
+  def layout_for(self, tok: TokenizerTrainer) -> Layout:
+    """The unified models' sequence layout on a tokenizer's codes."""
+    config, qa = self.config, not self.caption_set
+    ids = text_lib.special_ids(self.text_tok)
+    return Layout(
+      text_vocab=len(self.text_tok),
+      num_codes=tok.num_codes,
+      num_image_tokens=tok.grid(self.info["image_shape"][0]) ** 2,
       caption_len=config.text.caption_len,
       question_len=config.text.question_len if qa else 0,
       answer_len=config.text.answer_len if qa else 0,
@@ -81,8 +98,6 @@ class Pipeline:
       bos_id=ids["bos"],
       eos_id=ids["eos"],
     )
-    self.unified = {}
-    self.stage_seconds: dict[str, float] = {}
 
   def _timed(self, name, fn):
     start = time.time()
@@ -92,9 +107,19 @@ class Pipeline:
 
   # -- tokenizers ------------------------------------------------------------------------------
 
-  def tokenizer(self, seed_dir: str, name: str, weights: dict, seed: int) -> dict:
-    """Trains (or reads back) one tokenizer; returns its val/test metrics and token arrays path."""
+  def tokenizer(
+    self, seed_dir: str, name: str, weights: dict, seed: int, overrides: dict | None = None
+  ) -> dict:
+    """Trains (or reads back) one tokenizer; returns its val/test metrics and token arrays path.
+
+    Args:
+      overrides: tokenizer config fields that differ from `config.tokenizer` (rate_matched's
+        smaller codebook); recorded in the result.
+    """
     cfg = self.config
+    overrides = dict(overrides or {})
+    self.overrides[name] = overrides
+    tok = self.tokenizer_trainer(overrides)
     sub = os.path.join(seed_dir, "tokenizers", name)
     result_path = os.path.join(sub, "result.json")
     tokens_path = os.path.join(sub, "tokens.npz")
@@ -108,17 +133,15 @@ class Pipeline:
       "caption": train.get("caption_ids_all", train["caption_ids"]),  # [N, K, L]: one per step
     }
     stage = f"tokenizer/{name}"
-    params = self._timed(
-      stage, lambda: self.tok.train(sub, self.workdir, stage, weights, arrays, seed)
-    )
+    params = self._timed(stage, lambda: tok.train(sub, self.workdir, stage, weights, arrays, seed))
     n = cfg.eval.num_recon
-    result = {"name": name, "weights": weights}
+    result = {"name": name, "weights": weights, "overrides": overrides, "num_codes": tok.num_codes}
     for split in ("val", *self.eval_splits):
-      metrics, recon = evaluate.reconstruction(self.tok, params, self.splits[split], self.judge, n)
+      metrics, recon = evaluate.reconstruction(tok, params, self.splits[split], self.judge, n)
       result[split] = metrics
       if split == "test":
         save_array(os.path.join(sub, "recon_test.npy"), recon[: cfg.eval.grid_samples])
-    tokens = {s: self.tok.tokens(params, self.splits[s]["image"]) for s in self.split_names}
+    tokens = {s: tok.tokens(params, self.splits[s]["image"]) for s in self.split_names}
     save_arrays(tokens_path, tokens)
     save_params(os.path.join(sub, "params.npz"), params)
     log_summary(name, result["val"])
@@ -135,11 +158,13 @@ class Pipeline:
 
   # -- unified models --------------------------------------------------------------------------
 
-  def trainer(self, style: str) -> UnifiedTrainer:
+  def trainer(self, style: str, tok_name: str | None = None) -> UnifiedTrainer:
+    """The unified trainer of a style on a tokenizer's codes (one per style kind and codebook)."""
     kind = "masked" if style == "masked" else "ar"
-    if kind not in self.unified:
-      self.unified[kind] = UnifiedTrainer(self.config.unified, kind, self.layout, self.mesh)
-    return self.unified[kind]
+    layout = self.layout if tok_name is None else self.layout_for(self.trainer_of(tok_name))
+    if (kind, layout) not in self.unified:
+      self.unified[kind, layout] = UnifiedTrainer(self.config.unified, kind, layout, self.mesh)
+    return self.unified[kind, layout]
 
   def unified_run(self, seed_dir, style, variant, tok_name, seed) -> dict:
     """Trains (or reads back) one unified model; returns its test (and held-out) metrics."""
@@ -151,7 +176,7 @@ class Pipeline:
 
   def _unified(self, sub, seed_dir, style, variant, tok_name, seed) -> dict:
     cfg = self.config
-    trainer = self.trainer(style)
+    trainer = self.trainer(style, tok_name)
     tokens = self.tokens(seed_dir, tok_name)
     train = self.splits["train"]
     caption_ids = train.get("caption_ids_all", train["caption_ids"])  # [N, K, L]: one per step
@@ -171,7 +196,7 @@ class Pipeline:
         trainer, params, tokens[split], arrays_s, self.text_tok, self.grid, n, self.judge
       )
       gen, images = evaluate.generation(
-        trainer, params, self.tok, tok_params, arrays_s, self.judge, key, n
+        trainer, params, self.trainer_of(tok_name), tok_params, arrays_s, self.judge, key, n
       )
       result[split] = {**und, **gen}
       if split == "test":

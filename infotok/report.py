@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
+from infotok import plane, stats
 from shared import cli
-from shared.errors import ConfigError, DataError
+from shared.errors import DataError
 from shared.report import format_mean_std, mean_std_table
 from shared.workdir import read_run_results
 
@@ -102,7 +105,7 @@ def render(*workdirs: str) -> str:
   )
   out.append("")
   claim = (CAPTION_CLAIM_UND, CAPTION_CLAIM_GEN) if captions else (CLAIM_UND, CLAIM_GEN)
-  out.append(claim_table(rows, *claim))
+  out.append(claim_table(rows, _merged_items(runs), *claim))
   out.append("")
   ceiling = runs[0]["metrics"]["judge_ceiling"]
   if captions:
@@ -121,16 +124,7 @@ def render(*workdirs: str) -> str:
     )
   out.append("")
   per_seed = {s: info for run in runs for s, info in run["metrics"]["per_seed"].items()}
-  picks = {}
-  for seed, info in per_seed.items():
-    for variant, name in info["chosen"].items():
-      picks.setdefault(variant, []).append(f"{name} (seed {seed})")
-  out.append(
-    "Chosen on validation: "
-    + "; ".join(f"{v}: {', '.join(p)}" for v, p in picks.items() if v.startswith("infotok"))
-    + "."
-  )
-  out.append("")
+  out += chosen_lines(per_seed)
   out.append("Information plane (validation; rate = sum over positions of the code entropy):")
   out.append("")
   header = "| tokenizer | rate (nats/img) | KL (nats/img) | relevance | PSNR image | PSNR clean |"
@@ -145,11 +139,49 @@ def render(*workdirs: str) -> str:
     ]
     out.append(f"| {name} | " + " | ".join(cells) + " |")
   out.append("")
+  points = plane.style_points(per_seed)
+  if points:
+    out.append(
+      "Information plane per style (test split; the tokenizer each variant uses in that style; "
+      "mean ± std over seeds). "
+      + "; ".join(plane.LABELS[k] for k in (plane.RATE, plane.KL, plane.RELEVANCE))
+      + "."
+    )
+    out += ["", plane.table(points), ""]
   for w, run in zip(workdirs, runs, strict=True):
+    if run["metrics"].get("information_plane_styles"):
+      path = os.path.join(w, run["metrics"]["information_plane_styles"])
+      out.append(f"Information plane per style (figure): `{path}`.")
     for seed, info in run["metrics"]["per_seed"].items():
       figs = ", ".join(f"`{os.path.join(w, p)}`" for p in info["figures"].values())
       out.append(f"Figures (seed {seed}): {figs}.")
   return "\n".join(out) + "\n"
+
+
+def chosen_lines(per_seed: dict) -> list[str]:
+  """Which tokenizer stands for each swept variant, per style (chosen on validation), and the
+  rate-matched codebooks."""
+  picks = {}
+  for seed, info in per_seed.items():
+    by_style = info["chosen"]
+    if by_style and not isinstance(next(iter(by_style.values())), dict):  # before issue 17
+      by_style = {"all styles": by_style}
+    for style, by_variant in by_style.items():
+      for variant, name in by_variant.items():
+        if variant not in ("baseline", "rate_matched"):
+          picks.setdefault(style, {}).setdefault(variant, []).append(f"{name} (seed {seed})")
+  out = ["Chosen on validation:", ""]
+  for style, by_variant in picks.items():
+    cells = "; ".join(f"{v}: {', '.join(p)}" for v, p in by_variant.items())
+    out.append(f"- {style}: {cells}.")
+  for seed, info in per_seed.items():
+    for family, m in (info.get("rate_matched") or {}).items():
+      codebook = m.get("fsq_levels", m.get("codebook_size"))
+      out.append(
+        f"- rate_matched ({family}, seed {seed}): {m['num_codes']} codes ({codebook}) for the "
+        f"chosen InfoTok-VIB's code perplexity {m['vib_code_perplexity']:.1f}."
+      )
+  return [*out, ""]
 
 
 CLAIM_UND = ("und_vqa_test", "und_vqa_heldout", "und_caption_attr_test", "und_caption_attr_heldout")
@@ -158,60 +190,101 @@ CAPTION_CLAIM_UND = ("und_bleu4_test", "und_caption_rprec_test")
 CAPTION_CLAIM_GEN = ("gen_rprec_test",)
 
 
-def claim_table(rows: list[dict], und=CLAIM_UND, gen=CLAIM_GEN) -> str:
-  """The paper's claim per style: does InfoTok beat the baseline on understanding and generation?
+def claim_table(rows: list[dict], items: dict | None = None, und=CLAIM_UND, gen=CLAIM_GEN) -> str:
+  """The paper's claim per style: does each variant beat the baseline on understanding and
+  generation?
 
-  Per seed, the variant's score minus the baseline's of the same style and seed, averaged over
-  the understanding metrics (VQA and caption attributes, test and held-out) and over the
-  generation metrics (attribute accuracy, test and held-out); mean ± std of those over seeds.
-  "yes" when the mean difference is positive.
+  From the per-item scores (`items`: style -> variant -> seed -> kind -> split -> scores, test
+  and held-out pooled): the mean over seeds of the per-item difference from the baseline of the
+  same style and seed, with its two-stage bootstrap interval over seeds x items
+  (`infotok.stats`); "yes" only when the interval lies above 0. Runs without per-item scores
+  (written before them) show the seed-level mean ± std of the row metrics and no verdict.
   """
-  by = {(r["style"], r["variant"], r["seed"]): r for r in rows}
+  items = items or {}
   lines = [
-    "Claim check: each variant minus the baseline, same style and seed (understanding = mean of "
+    "Claim check: each variant minus the baseline, same style, seed and test items; mean "
+    "difference [95% interval, bootstrap over seeds x items]; improves = the interval lies "
+    "above 0 (understanding per item: "
     + (
-      "the four understanding columns, generation = mean of the two attribute columns):"
+      "mean of VQA exact match and caption attribute accuracy; generation per image: attribute "
+      "accuracy of its objects; test and held-out items pooled):"
       if (und, gen) == (CLAIM_UND, CLAIM_GEN)
-      else f"{', '.join(und)}; generation = {', '.join(gen)}):"
+      else "the caption's retrieval hit; generation: the image's retrieval hit):"
     ),
     "",
-    "| style | variant | Δ understanding | improves | Δ generation | improves |",
-    "|---|---|---|---|---|---|",
+    "| style | variant | seeds x items | Δ understanding [95% CI] | improves | "
+    "Δ generation [95% CI] | improves |",
+    "|---|---|---|---|---|---|---|",
   ]
   for style, variant in dict.fromkeys((r["style"], r["variant"]) for r in rows):
     if variant == "baseline":
       continue
-    d_und, d_gen = [], []
-    for (s_, v_, seed), r in by.items():
-      base = by.get((style, "baseline", seed))
-      if (s_, v_) != (style, variant) or base is None:
-        continue
-      d_und.append(sum(r[k] - base[k] for k in und) / len(und))
-      d_gen.append(sum(r[k] - base[k] for k in gen) / len(gen))
-    if not d_und:
-      continue
-    mu, mg = sum(d_und) / len(d_und), sum(d_gen) / len(d_gen)
-    lines.append(
-      f"| {style} | {variant} | {format_mean_std(d_und, 3)} | {'yes' if mu > 0 else 'no'} | "
-      f"{format_mean_std(d_gen, 3)} | {'yes' if mg > 0 else 'no'} |"
-    )
+    cells = _item_cells(items.get(style, {}), variant) or _row_cells(rows, style, variant, und, gen)
+    if cells:
+      lines.append(f"| {style} | {variant} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _item_cells(by_variant: dict, variant: str) -> list[str] | None:
+  """The claim cells from per-item paired differences, or None without per-item scores."""
+  base, ours = by_variant.get("baseline", {}), by_variant.get(variant, {})
+  seeds = sorted(set(base) & set(ours), key=int)
+  cells, counted = [], None
+  for kind in ("understanding", "generation"):
+    diffs = []
+    for seed in seeds:
+      a = [x for split in sorted(ours[seed][kind]) for x in ours[seed][kind][split]]
+      b = [x for split in sorted(base[seed][kind]) for x in base[seed][kind][split]]
+      if not a or len(a) != len(b):
+        return None
+      diffs.append(np.subtract(a, b))
+    if not diffs:
+      return None
+    ci = stats.paired_bootstrap(diffs)
+    counted = f"{ci['n_seeds']} x {ci['n_items'] // ci['n_seeds']}"
+    cells += [stats.format_interval(ci), stats.verdict(ci)]
+  return [counted, *cells]
+
+
+def _row_cells(rows, style, variant, und, gen) -> list[str] | None:
+  """Seed-level differences of the row metrics (runs without per-item scores): no verdict."""
+  by = {(r["style"], r["variant"], r["seed"]): r for r in rows}
+  d_und, d_gen = [], []
+  for (s_, v_, seed), r in by.items():
+    base = by.get((style, "baseline", seed))
+    if (s_, v_) != (style, variant) or base is None:
+      continue
+    d_und.append(sum(r[k] - base[k] for k in und) / len(und))
+    d_gen.append(sum(r[k] - base[k] for k in gen) / len(gen))
+  if not d_und:
+    return None
+  no = "no per-item scores: no verdict"
+  return [f"{len(d_und)} x -", format_mean_std(d_und, 3), no, format_mean_std(d_gen, 3), no]
+
+
+def _merged_items(runs: list[dict]) -> dict:
+  """style -> variant -> seed -> per-item scores, over every run pooled."""
+  out = {}
+  for run in runs:
+    for style, by_variant in run["metrics"].get("item_scores", {}).items():
+      for variant, by_seed in by_variant.items():
+        out.setdefault(style, {}).setdefault(variant, {}).update(by_seed)
+  return out
 
 
 USAGE = "usage: python -m infotok.report RUN_DIR [RUN_DIR ...]"
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if any(a in ("-h", "--help") for a in argv):
-    print(f"{USAGE}\n\nPools the results.json of finished InfoTok runs into markdown tables.")
+  runs = cli.run_folders(
+    argv, USAGE, "Pools the results.json of finished InfoTok runs into markdown tables."
+  )
+  if runs is None:
     return 0
-  if not argv:
-    raise ConfigError(f"no run folder given; {USAGE}")
   try:
-    print(render(*argv), end="")
+    print(render(*runs), end="")
   except (KeyError, TypeError, ValueError) as e:  # a results.json of another layout
-    raise DataError(f"the runs {list(argv)} cannot be pooled ({type(e).__name__}: {e})") from None
+    raise DataError(f"the runs {runs} cannot be pooled ({type(e).__name__}: {e})") from None
   return 0
 
 

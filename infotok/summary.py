@@ -64,6 +64,15 @@ def row(res: dict, tok: dict, caption_set: bool = False) -> dict:
   return out
 
 
+def item_scores(res: dict, splits) -> dict[str, dict[str, list[float]]]:
+  """A unified result's per-item scores for the paired statistics (`infotok.stats`):
+  {'understanding', 'generation'} -> split -> scores (empty for results written before them)."""
+  return {
+    kind: {s: res[s].get(f"item_{kind}", []) for s in splits}
+    for kind in ("understanding", "generation")
+  }
+
+
 def headline(caption_set: bool) -> tuple[str, ...]:
   return CAPTION_HEADLINE if caption_set else HEADLINE
 
@@ -84,14 +93,14 @@ def scalars(d: dict) -> dict:
   return {k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def sample_grids(pipe, seed_dir: str, chosen: dict, semantic: dict) -> dict[str, str]:
-  """Reconstructions of the chosen tokenizers and every style's generations on test, as PNGs
-  (from the arrays each sub-run saved): figure name -> path."""
+def sample_grids(pipe, seed_dir: str, chosen: dict[str, dict[str, str]]) -> dict[str, str]:
+  """Reconstructions of the chosen tokenizers (`chosen`: style -> variant -> tokenizer) and every
+  style's generations on test, as PNGs (from the arrays each sub-run saved): name -> path."""
   k = pipe.config.eval.grid_samples
   test = pipe.splits["test"]
   out = {}
   recon = {"input image": test["image"][:k], "clean": test["clean"][:k]}
-  for name in sorted(set(chosen.values()) | set(semantic.values())):
+  for name in sorted({n for by_variant in chosen.values() for n in by_variant.values()}):
     path = os.path.join(seed_dir, "tokenizers", name, "recon_test.npy")
     if os.path.exists(path):
       recon[name] = workdir.load_array(path, recover=_regrid(path))

@@ -21,6 +21,7 @@ Training and the batched evaluation-time maps: `infotok.tokenizer_trainer`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -80,6 +81,8 @@ class Tokenizer(nn.Module):
     fsq_levels: FSQ (the latent then has len(fsq_levels) channels).
     text_vocab_size, text_length: captions fed to the text heads.
     embed_dim: width of the image / text embeddings of the contrastive terms.
+    dtype: compute dtype of the encoder and decoder (bfloat16 on accelerators); params, the
+      posterior, the quantizer, the heads and every loss stay float32.
   """
 
   widths: tuple[int, ...] = (64,)
@@ -96,6 +99,7 @@ class Tokenizer(nn.Module):
   text_vocab_size: int = 64
   text_length: int = 20
   embed_dim: int = 64
+  dtype: Any = jnp.float32
 
   @property
   def latent_dim(self) -> int:
@@ -110,8 +114,8 @@ class Tokenizer(nn.Module):
       blocks_per_stage=self.blocks_per_stage,
       latent_blocks=self.latent_blocks,
     )
-    self.encoder = ConvEncoder(out_channels=2 * d, **arch)
-    self.decoder = ConvDecoder(out_channels=3, **arch)
+    self.encoder = ConvEncoder(out_channels=2 * d, dtype=self.dtype, **arch)
+    self.decoder = ConvDecoder(out_channels=3, dtype=self.dtype, **arch)
     if self.quantizer == "vq":
       self.quant = quantizers.VectorQuantizer(
         self.codebook_size, d, self.commitment, self.normalize_codes
@@ -197,6 +201,7 @@ def make_tokenizer(cfg, text_vocab_size: int, text_length: int) -> Tokenizer:
     text_vocab_size=text_vocab_size,
     text_length=text_length,
     embed_dim=cfg.embed_dim,
+    dtype=jnp.dtype(cfg.get("compute_dtype", "float32")),
   )
 
 

@@ -5,14 +5,16 @@
 Stages, each resumable (a finished one is read back from its `result.json`):
   1. text tokenizer (word level, built in the workdir) and the captions / questions / answers;
   2. the attribute judge, trained once on real renders (`judge/`), its ceiling on real test renders;
-  3. per seed (`seed_<s>/` when several): tokenizers in `tokenizers/<name>/`: the baseline, the
-     entropy-loss baseline, InfoTok-VIB at every beta of `vib.betas`, InfoTok-HSIC at every
-     `hsic.beta_x`; the beta of each is chosen on the validation split
-     (`evaluate.select_largest_within`); the semantic-aligned style's tokenizers add the
-     contrastive term to each chosen variant;
+  3. per seed (`seed_<s>/` when several): tokenizers in `tokenizers/<name>/`, per family (AR and
+     masked share the plain ones; the semantic style has its own, with the alignment term on):
+     the baseline and every point of each variant's sweep (`tokenizer_sweep`), the point of each
+     variant chosen on the validation split, then the rate-matched baseline at the chosen
+     InfoTok-VIB tokenizer's code perplexity;
   4. per style x variant a unified model on the frozen tokenizer's codes (`unified/<style>_<v>/`),
      all with the same data and steps; understanding and generation on test and held-out;
-  5. the information-plane plot, sample grids, the summary table (`summary.md`).
+  5. the information-plane plots (per family over the sweeps; per style over the variants,
+     `infotok.plane`), sample grids, the summary table (`summary.md`); per-item scores of every
+     unified model for the paired statistics of `infotok.report` (`infotok.stats`).
 
 Modules: `inputs` (splits and text ids), `tokenizer_sweep` (what to train, what is chosen),
 `pipeline` (the resumable sub-runs), `summary` (rows, table, grids).
@@ -30,61 +32,76 @@ import time
 
 import jax
 
-from infotok import captions, evaluate, inputs, summary, tokenizer_sweep
+from infotok import captions, checks, evaluate, inputs, plane, summary, tokenizer_sweep
 from infotok import judge as judge_lib
 from infotok import text as text_lib
 from infotok.pipeline import Pipeline
-from infotok.unified import STYLES
 from shared import manifest
-from shared.errors import ConfigError
 
-VARIANTS = ("baseline", "entropy", "infotok_vib", "infotok_hsic")
+
+def run_family(pipe: Pipeline, family: str, seed: int, seed_dir: str) -> dict:
+  """A family's tokenizers (`tokenizer_sweep`): its sweeps, the choice on val, then the
+  rate-matched control at the chosen InfoTok-VIB tokenizer's validation code perplexity."""
+  config = pipe.config
+  specs = tokenizer_sweep.family_specs(config, family)
+  results = {name: pipe.tokenizer(seed_dir, name, w, seed) for name, w in specs.items()}
+  chosen, points = tokenizer_sweep.choose(config, family, results)
+  if "rate_matched" in config.variants:
+    perplexity = results[chosen["infotok_vib"]]["val"]["code_perplexity"]
+    overrides = tokenizer_sweep.rate_matched_overrides(config.tokenizer, perplexity)
+    name = f"{tokenizer_sweep.prefix(family)}rate_matched"
+    base = specs[chosen["baseline"]]
+    results[name] = pipe.tokenizer(seed_dir, name, base, seed, overrides)
+    chosen["rate_matched"] = name
+    matched = {"tokenizer": name, "vib_code_perplexity": perplexity, **overrides}
+    matched["num_codes"] = results[name]["num_codes"]
+  else:
+    matched = None
+  chosen = {v: chosen[v] for v in config.variants}
+  logging.info("seed %d, %s tokenizers: chosen on val: %s", seed, family, chosen)
+  figure = None
+  if jax.process_index() == 0:
+    marks = {v: results[chosen[v]]["val"] for v in ("baseline", "rate_matched") if v in chosen}
+    figure = evaluate.information_plane(
+      {tokenizer_sweep.SWEEPS[v].field + f" ({v})": p for v, p in points.items()},
+      marks,
+      os.path.join(seed_dir, f"information_plane_{family}.png"),
+      "judge R-precision of reconstructions" if pipe.caption_set else "judge accuracy on recon.",
+    )
+  return {"results": results, "chosen": chosen, "figure": figure, "rate_matched": matched}
 
 
 def run_seed(pipe: Pipeline, seed: int, seed_dir: str) -> dict:
-  """Every tokenizer of the sweep, the choice on val, then every style x variant unified model."""
+  """Every family's tokenizers, then every style x variant unified model on its family's choice."""
   config = pipe.config
-  specs = tokenizer_sweep.tokenizer_specs(config)
-  results = {name: pipe.tokenizer(seed_dir, name, w, seed) for name, w in specs.items()}
-  chosen, vib_points, hsic_points = tokenizer_sweep.choose(config, results)
-  logging.info("seed %d: chosen on val: %s", seed, chosen)
-  figures = {}
-  if jax.process_index() == 0:
-    figures["information_plane"] = evaluate.information_plane(
-      {"InfoTok-VIB (beta)": vib_points, "InfoTok-HSIC (beta_x)": hsic_points},
-      {"baseline": results["baseline"]["val"], "entropy loss": results["entropy"]["val"]},
-      os.path.join(seed_dir, "information_plane.png"),
-      "judge R-precision of reconstructions" if pipe.caption_set else "judge accuracy on recon.",
-    )
-  # Semantic-aligned tokenizers: each chosen variant plus the image-text contrastive term.
-  semantic = {}
-  for variant in config.variants:
-    weights = tokenizer_sweep.semantic_weights(config, specs[chosen[variant]])
-    name = f"semantic_{variant}"
-    semantic[variant] = name
-    results[name] = pipe.tokenizer(seed_dir, name, weights, seed)
-  rows = []
+  families = dict.fromkeys(tokenizer_sweep.FAMILIES[s] for s in config.unified.styles)
+  out = {f: run_family(pipe, f, seed, seed_dir) for f in families}
+  results = {k: v for f in out.values() for k, v in f["results"].items()}
+  chosen = {s: out[tokenizer_sweep.FAMILIES[s]]["chosen"] for s in config.unified.styles}
+  figures = {f"information_plane_{f}": o["figure"] for f, o in out.items() if o["figure"]}
+  matched = {f: o["rate_matched"] for f, o in out.items() if o["rate_matched"]}
+  rows, items = [], {}
   for style in config.unified.styles:
     for variant in config.variants:
-      tok_name = semantic[variant] if style == "semantic" else chosen[variant]
+      tok_name = chosen[style][variant]
       res = pipe.unified_run(seed_dir, style, variant, tok_name, seed)
       rows.append(summary.row(res, results[tok_name], pipe.caption_set))
+      items.setdefault(style, {})[variant] = summary.item_scores(res, pipe.eval_splits)
   if jax.process_index() == 0:
-    figures.update(summary.sample_grids(pipe, seed_dir, chosen, semantic))
-  return {"rows": rows, "chosen": chosen, "tokenizers": results, "figures": figures}
+    figures.update(summary.sample_grids(pipe, seed_dir, chosen))
+  return {
+    "rows": rows,
+    "items": items,
+    "chosen": chosen,
+    "rate_matched": matched,
+    "tokenizers": results,
+    "figures": figures,
+  }
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   start = time.time()
-  if config.tokenizer.quantizer == "continuous":
-    raise ConfigError("tokenizer.quantizer='continuous' has no codes for the unified models")
-  if tuple(config.variants) != VARIANTS:
-    unknown = set(config.variants) - set(VARIANTS)
-    if unknown:
-      raise ConfigError(f"unknown variants {sorted(unknown)}; known: {VARIANTS}")
-  for style in config.unified.styles:
-    if style not in STYLES:
-      raise ConfigError(f"unknown unified style {style!r}; known: {STYLES}")
+  checks.check_config(config)
   pretrained = None  # loaded first: a missing one fails now, not after the data
   if config.text.tokenizer != "word_level":
     pretrained = text_lib.load_pretrained(config.text.tokenizer)
@@ -121,21 +138,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
       judge_min,
       config.judge.min_accuracy,
     )
-  rows, per_seed = [], {}
+  rows, per_seed, items = [], {}, {}
   pipe = Pipeline(config, workdir, splits, info, text_tok, judge)  # compiled once for all seeds
   for seed in config.seeds:
     seed_dir = workdir if len(config.seeds) == 1 else os.path.join(workdir, f"seed_{seed}")
     pipe.stage_seconds = {}
     out = run_seed(pipe, seed, seed_dir)
     rows += out["rows"]
+    for style, by_variant in out["items"].items():
+      for variant, scores in by_variant.items():
+        items.setdefault(style, {}).setdefault(variant, {})[str(seed)] = scores
     per_seed[str(seed)] = {
       "chosen": out["chosen"],
+      "rate_matched": out["rate_matched"],
       "tokenizers": {
         k: {s: summary.scalars(v[s]) for s in ("val", "test")} for k, v in out["tokenizers"].items()
       },
       "figures": {k: os.path.relpath(v, workdir) for k, v in out["figures"].items()},
       "stage_seconds": pipe.stage_seconds,
     }
+  plane_png = None
+  if jax.process_index() == 0:
+    plane_png = plane.figure(
+      plane.style_points(per_seed), os.path.join(workdir, "information_plane_styles.png")
+    )
   table = summary.summary_table(rows, summary.headline(caption_set))
   summary.write_summary(
     os.path.join(workdir, "summary.md"),
@@ -150,7 +176,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "judge_ok": judge_ok,
     "judge_seconds": judge_seconds,
     "rows": rows,
+    # style -> variant -> seed -> {understanding, generation} -> split -> per-item scores
+    "item_scores": items,
     "per_seed": per_seed,
+    "information_plane_styles": plane_png and os.path.relpath(plane_png, workdir),
     "total_seconds": round(time.time() - start, 2),
   }
 

@@ -174,6 +174,7 @@ def make_model(cfg, layout: Layout) -> TransformerLM:
     max_len=layout.seq_len,
     mlp_ratio=cfg.mlp_ratio,
     dropout_rate=cfg.dropout,
+    dtype=jnp.dtype(cfg.get("compute_dtype", "float32")),  # params stay float32, logits too
   )
 
 

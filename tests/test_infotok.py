@@ -383,18 +383,54 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   assert "infotok: done" in proc.stdout
   results = json.loads((tmp_path / "results.json").read_text())
   m = results["metrics"]
-  assert len(m["rows"]) == 12
+  from infotok.tokenizer_sweep import FACTORIAL
+
+  assert len(m["rows"]) == 3 * len(FACTORIAL)
   assert {(r["style"], r["variant"]) for r in m["rows"]} == {
-    (s, v)
-    for s in ("ar", "masked", "semantic")
-    for v in ("baseline", "entropy", "infotok_vib", "infotok_hsic")  # noqa: E501
+    (s, v) for s in ("ar", "masked", "semantic") for v in FACTORIAL
   }
   for row in m["rows"]:
     for key in ("und_vqa_test", "gen_attr_heldout", "gen_all_correct_test", "tok_psnr_image"):
       assert 0.0 <= row[key] <= 1.0 or key == "tok_psnr_image"
-  chosen = m["per_seed"]["0"]["chosen"]
-  assert chosen["infotok_vib"].startswith("vib_") and chosen["infotok_hsic"].startswith("hsic_")
-  for png in ("information_plane.png", "reconstructions.png", "generated_ar.png"):
+  seed0 = m["per_seed"]["0"]
+  chosen = seed0["chosen"]
+  assert chosen["ar"] == chosen["masked"]  # the same frozen tokenizers
+  for variant in ("vib_kl", "vib_nce", "infotok_vib", "infotok_hsic", "entropy"):
+    assert chosen["ar"][variant].startswith(f"{variant}_")
+    assert chosen["semantic"][variant].startswith(f"semantic_{variant}_")  # its own selection
+  # The rate-matched control: the baseline's objective on a codebook of about the chosen
+  # InfoTok-VIB tokenizer's validation code perplexity, measured in this run.
+  for family, style in (("plain", "ar"), ("semantic", "semantic")):
+    matched = seed0["rate_matched"][family]
+    vib = seed0["tokenizers"][chosen[style]["infotok_vib"]]["val"]["code_perplexity"]
+    assert matched["vib_code_perplexity"] == vib
+    assert matched["num_codes"] == int(np.prod(matched["fsq_levels"]))
+    assert 0.5 * max(vib, 2) <= matched["num_codes"] <= 2 * max(vib, 2)
+    tok_result = lambda name: json.loads(
+      (tmp_path / "tokenizers" / name / "result.json").read_text()
+    )
+    assert (
+      tok_result(matched["tokenizer"])["weights"]
+      == tok_result(chosen[style]["baseline"])["weights"]
+    )
+  # Per-item scores of every unified model (the paired statistics), the same items per variant.
+  items = m["item_scores"]
+  n_items = {len(items[s][v]["0"]["understanding"]["test"]) for s in items for v in items[s]}
+  assert n_items == {results["config"]["eval"]["num_examples"]}
+  assert all(0 <= x <= 1 for x in items["ar"]["vib_kl"]["0"]["generation"]["heldout"])
+  from infotok import report
+
+  text = report.render(str(tmp_path))
+  claim = [x for x in text.splitlines() if x.startswith("| semantic | rate_matched | 1 x ")]
+  assert len(claim) == 1 and claim[0].count("[") == 2  # mean [lo, hi], both kinds
+  assert "| masked | vib_nce |" in text.split("Information plane per style")[1]
+  for png in (
+    "information_plane_plain.png",
+    "information_plane_semantic.png",
+    "information_plane_styles.png",
+    "reconstructions.png",
+    "generated_ar.png",
+  ):
     assert (tmp_path / png).stat().st_size > 1000
   assert (tmp_path / "text_tokenizer" / "tokenizer.json").exists()
   assert "| ar | baseline |" in (tmp_path / "summary.md").read_text()
@@ -559,21 +595,38 @@ def test_report_renders_image_caption_runs(tmp_path):
   (tmp_path / "results.json").write_text(json.dumps({"variant": "paper", "metrics": metrics}))
   text = report.render(str(tmp_path))
   assert "| ar | infotok_vib | 2 | 0.300 ± 0.141 | 0.300 ± 0.141 |" in text  # BLEU, R-prec
-  assert "| ar | infotok_vib | 0.200 ± 0.141 | yes | -0.100 ± 0.000 | no |" in text
+  no = "no per-item scores: no verdict"  # an older results.json: seed-level means, no verdict
+  assert f"| ar | infotok_vib | 2 x - | 0.200 ± 0.141 | {no} | -0.100 ± 0.000 | {no} |" in text
   assert "R-precision 0.6000" in text and "VQA" not in text
 
 
-def test_report_claim_table_pairs_seeds_with_the_baseline():
+def test_report_claim_table_pairs_items_of_the_same_seed_with_the_baseline():
   from infotok import report
 
-  def row(variant, seed, und, gen):
-    r = {"style": "ar", "variant": variant, "seed": seed}
-    r.update({k: und for k in report.CLAIM_UND})
-    r.update({k: gen for k in report.CLAIM_GEN})
-    return r
+  rows = [
+    {"style": "ar", "variant": v, "seed": s} for v in ("baseline", "infotok_vib") for s in (0, 1)
+  ]
+  rng = np.random.default_rng(0)
+  base = {str(s): rng.uniform(size=(2, 40)) for s in (0, 1)}  # [test, heldout] x 40 items
 
-  rows = [row("baseline", 0, 0.5, 0.4), row("baseline", 1, 0.6, 0.4)]
-  rows += [row("infotok_vib", 0, 0.6, 0.3), row("infotok_vib", 1, 0.8, 0.3)]
-  table = report.claim_table(rows)
-  assert "| ar | infotok_vib | 0.150 ± 0.071 | yes | -0.100 ± 0.000 | no |" in table
-  assert "baseline |" not in table.split("|---|")[-1]
+  def scores(shift_und, shift_gen):
+    return {
+      s: {
+        "understanding": {"test": list(b[0] + shift_und), "heldout": list(b[1] + shift_und)},
+        "generation": {"test": list(b[0] + shift_gen), "heldout": list(b[1] + shift_gen)},
+      }
+      for s, b in base.items()
+    }
+
+  flip = np.where(np.arange(40) % 2, 0.5, -0.5)  # per-item differences of mean 0
+  items = {"ar": {"baseline": scores(0.0, 0.0), "infotok_vib": scores(0.1, flip)}}
+  table = report.claim_table(rows, items)
+  line = next(x for x in table.splitlines() if x.startswith("| ar | infotok_vib |"))
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  assert cells[2] == "2 x 80"  # seeds x items (test and held-out pooled)
+  assert cells[3] == "+0.100 [+0.100, +0.100]" and cells[4] == "yes"
+  mean, interval = cells[5].split(" ", 1)
+  lo, hi = (float(x) for x in interval.strip("[]").split(","))
+  assert float(mean) == pytest.approx(0.0, abs=1e-9) and lo < 0 < hi
+  assert cells[6] == "no difference shown"
+  assert "| ar | baseline |" not in table
