@@ -39,6 +39,16 @@ E2E_TEST = "test_tiny_end_to_end_via_the_cli"
 
 
 @pytest.fixture(scope="module", autouse=True)
+def fewer_compiler_optimisations():
+  """XLA's optimisations off while this module's tests compile: they are compile-bound (tiny
+  models, a few calls each) and their tolerances hold either way (a third less CPU here)."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def tiny_run(request, tmp_path_factory):
   """The `tiny` CLI run, started before this module's first test so that it runs on the second
   core while the in-process tests run; `test_tiny_end_to_end_via_the_cli` (last) waits for it.
