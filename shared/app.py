@@ -233,8 +233,10 @@ def run(method: str, train_and_evaluate: TrainFn, config, workdir: str) -> dict[
       try:
         manifest.check_folder(workdir)
         metrics = dict(train_and_evaluate(config, workdir) or {})
-      except manifest.ConfigMismatch:
-        # Found only once running (the manifests were deleted): the records go back to none.
+      except (manifest.ConfigMismatch, ConfigError):
+        # A mismatch found only once running (the manifests were deleted), or a config the
+        # method's own checks refuse: the records this call wrote go back to none, so the
+        # corrected command can use the same workdir.
         for path in new_records if jax.process_index() == 0 else ():
           with contextlib.suppress(FileNotFoundError):
             os.remove(path)
