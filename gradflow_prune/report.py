@@ -21,7 +21,7 @@ from gradflow_prune import evaluate, stats
 from shared import cli
 from shared.errors import CheckpointError, DataError
 from shared.report import mean_std_table
-from shared.workdir import read_run_results
+from shared.workdir import read_run_results, write_text
 
 COLUMNS = ["fd", "ssim", "params", "macs", "latency_s"]
 GROUP = ["keep_ratio", "procedure", "criterion"]
@@ -175,13 +175,13 @@ def write_summary(workdir: str, rows, teacher_row: dict, data_fd: float, feature
   curves = {name: mean_curve(rs) for name, rs in by_arm(rows).items()}
   evaluate.plot_convergence(curves, os.path.join(workdir, "convergence.png"), teacher=teacher_row)
   lines = "\n".join(claim_lines(claims or {}))
-  with open(os.path.join(workdir, "summary.md"), "w") as f:
-    f.write(
-      f"Teacher: FD {teacher_row['fd']:.4g}, params {teacher_row['params']}, MACs "
-      f"{teacher_row['macs']:.4g}, latency {teacher_row['latency_s']:.4g} s. "
-      f"Data floor FD {data_fd:.4g} ({features}).\n\n{mean_std_table(rows, GROUP, COLUMNS)}\n"
-      f"\n{lines}\n"
-    )
+  text = (
+    f"Teacher: FD {teacher_row['fd']:.4g}, params {teacher_row['params']}, MACs "
+    f"{teacher_row['macs']:.4g}, latency {teacher_row['latency_s']:.4g} s. "
+    f"Data floor FD {data_fd:.4g} ({features}).\n\n{mean_std_table(rows, GROUP, COLUMNS)}\n"
+    f"\n{lines}\n"
+  )
+  write_text(os.path.join(workdir, "summary.md"), text, every_process=True)  # caller: process 0
 
 
 ROW_KEYS = ("keep_ratio", "procedure", "criterion", "seed", *COLUMNS)
