@@ -39,8 +39,14 @@ def guarded(main: Callable[..., int | None], *args, **kwargs) -> int:
   return 0 if code is None else int(code)
 
 
-def run_folders(argv: list[str] | None, usage: str, about: str, *, at_most: int | None = None,
-                default: str | None = None) -> list[str] | None:
+def run_folders(
+  argv: list[str] | None,
+  usage: str,
+  about: str,
+  *,
+  at_most: int | None = None,
+  default: str | None = None,
+) -> list[str] | None:
   """The run folders a report command was given, or None after printing its `--help`.
 
   `usage` is the one-line usage, `about` what the command prints; no folder is a ConfigError

@@ -118,8 +118,13 @@ USAGE = "usage: python -m unlearnable.report [RUN_DIR]   (default runs/unlearnab
 
 
 def main(argv=None) -> int:
-  runs = cli.run_folders(argv, USAGE, "Prints the markdown section of a finished unlearnable run.",
-                         at_most=1, default="runs/unlearnable")
+  runs = cli.run_folders(
+    argv,
+    USAGE,
+    "Prints the markdown section of a finished unlearnable run.",
+    at_most=1,
+    default="runs/unlearnable",
+  )
   if runs is None:
     return 0
   print(results_section(runs[0]))
