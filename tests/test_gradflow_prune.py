@@ -24,54 +24,27 @@ from gradflow_prune import (
 from shared import train_lib
 from shared.errors import CheckpointError, DataError
 from shared.models import unet
+from tests import background
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# The tiny end-to-end run is compiler-bound: XLA's optimisations off (the same programs; values
-# equal to float32 rounding) cut its CPU time by about a quarter; no assert depends on them.
-E2E_ENV = {
-  **os.environ,
-  "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-  "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
-}
 E2E_TEST = "test_tiny_end_to_end_via_the_cli"
+E2E_ENV = background.cli_env(devices=1)  # what the end-to-end test's resume call runs with
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fewer_compiler_optimisations():
-  """XLA's optimisations off while this module's tests compile: they are compile-bound (tiny
-  models, a few calls each) and their tolerances hold either way (a third less CPU here)."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+fewer_compiler_optimisations = pytest.fixture(scope="module", autouse=True)(
+  background.fewer_compiler_optimisations
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_run(request, tmp_path_factory):
-  """The `tiny` CLI run, started before this module's first test so that it runs on the second
-  core while the in-process tests run; `test_tiny_end_to_end_via_the_cli` (last) waits for it.
-  Not started when that test is not selected."""
-  if not any(item.name == E2E_TEST for item in request.session.items):
-    yield None
-    return
-  workdir = tmp_path_factory.mktemp("gradflow_tiny")
-  cmd = [
-    sys.executable, "-m", "gradflow_prune", "--config", "configs/gradflow_prune.py:tiny",
-    "--workdir", str(workdir),
-  ]  # fmt: skip
-  log = tmp_path_factory.mktemp("gradflow_tiny_log") / "stderr.txt"
-  with open(log, "w") as err:  # a file, not a pipe: nobody reads it until the run is done
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=E2E_ENV, stdout=subprocess.DEVNULL, stderr=err)
-
-  def wait():
-    return proc.wait(timeout=900), log.read_text()
-
-  yield {"workdir": workdir, "cmd": cmd, "wait": wait}
-  if proc.poll() is None:
-    proc.kill()
-    proc.wait()
+  """The `tiny` CLI run, started before this module's first test (see tests/background.py);
+  `test_tiny_end_to_end_via_the_cli` (last) waits for it."""
+  args = ["gradflow_prune", "--config", "configs/gradflow_prune.py:tiny"]
+  yield from background.cli_run(
+    request, tmp_path_factory, E2E_TEST, "gradflow_tiny", args, devices=1
+  )
 
 
 @pytest.fixture(scope="module")
