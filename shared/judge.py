@@ -57,12 +57,6 @@ def crop_flip(key: jax.Array, images_BxHxWxC: jax.Array) -> jax.Array:
   return augment.per_example(one, key, images_BxHxWxC)
 
 
-def _accuracy(model, variables, images, labels, batch_size: int = 1000) -> float:
-  predict = jax.jit(lambda v, x: model.apply(v, _float_images(x)).argmax(-1))
-  predicted = stages.batched_apply(lambda x: predict(variables, x), images, batch_size)
-  return float(np.mean(predicted == labels))
-
-
 def train(
   out: str,
   *,
@@ -167,10 +161,8 @@ def train(
   )
   judge = fd.FeatureExtractor(name, "resnet_classifier", arch_kwargs, half, images.shape[1:], info)
   judge = _as_float32(judge)  # what `load` gives: the float16 weights, computed in float32
-  info["test_accuracy"] = _accuracy(
-    judge.module, judge.variables, test_split["image"], test_split["label"]
-  )
-  info["train_accuracy"] = _accuracy(judge.module, judge.variables, images, train_split["label"])
+  info["test_accuracy"] = accuracy(judge, test_split["image"], test_split["label"])
+  info["train_accuracy"] = accuracy(judge, images, train_split["label"])
   info["wall_s"] = round(time.time() - start, 1)
   info["device"] = f"{len(jax.local_devices())} x {jax.devices()[0].device_kind}"
   fd.FeatureExtractor(name, "resnet_classifier", arch_kwargs, half, images.shape[1:], info).save(
@@ -210,6 +202,11 @@ def probabilities(judge: fd.FeatureExtractor, images) -> np.ndarray:
   return stages.batched_apply(
     lambda x: fn(judge.variables, x), np.asarray(images), judge.batch_size
   )
+
+
+def accuracy(judge: fd.FeatureExtractor, images, labels) -> float:
+  """The fraction of images whose top class is their label."""
+  return float(np.mean(probabilities(judge, images).argmax(-1) == np.asarray(labels)))
 
 
 def evaluate(path: str, dataset: str = "cifar10", data_dir: str | None = None) -> dict:

@@ -17,10 +17,12 @@ import os
 import numpy as np
 
 from shared import workdir
+from shared.data import to_float
 from shared.errors import DataError
 from unlearnable import perturb
 
 KEYS = ("images", "labels", "indices", "eps")
+GRID = 8  # images in the PNG grid
 
 
 def budget_levels(eps: float) -> int:
@@ -75,7 +77,7 @@ def protect(
   config.eps = float(eps)
   import jax  # noqa: PLC0415  (numpy-only callers of quantize never import JAX)
 
-  images01 = images.astype(np.float32) / 255.0
+  images01 = to_float(images)
   delta = perturb.generate(
     config,
     images01,
@@ -131,7 +133,7 @@ def _check(path: str, images: np.ndarray, labels: np.ndarray) -> None:
     )
 
 
-def save_grid(path: str, clean_uint8, protected_uint8, eps: float, n: int = 8) -> str:
+def save_grid(path: str, clean_uint8, protected_uint8, eps: float, n: int = GRID) -> str:
   """A PNG of n clean images, their protected copies and the amplified difference 0.5 + d / 2eps."""
   import matplotlib  # noqa: PLC0415
 

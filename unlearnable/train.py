@@ -101,7 +101,7 @@ def protected_delta(config, method, train, num_classes, seed_key, mdir) -> tuple
     protected = release.quantize(train["image"], delta, config.eps)
     if jax.process_index() == 0:
       release.save_protected(path, protected, train["label"], eps=config.eps)
-      clean = release.quantize(train["image"], np.zeros_like(delta), config.eps)
+      clean = data_lib.to_uint8(train["image"][: release.GRID])  # only the grid's images
       release.save_grid(os.path.join(mdir, "protected.png"), clean, protected, config.eps)
   released = release.load_protected(path) if os.path.exists(path) else {"images": protected}
   if released["images"].shape[0] != len(train["label"]):
