@@ -39,7 +39,15 @@ METRICS = (
 MECHANISM = ("live_domain_acc", "live_domain_chance", "live_mmd")
 MEAN_ROW = "mean"
 # Per-method facts the tables print beside the metrics (the same for every run, or averaged).
-INFO = ("params", "pretrain_steps", "pretrain_batch_size", "steps", "batch_size", "examples_seen")
+INFO = (
+  "params",
+  "pretrain_steps",
+  "pretrain_batch_size",
+  "steps",
+  "batch_size",
+  "examples_seen",
+  "wall_time_s",  # a sub-run's wall time: pre-training (unless shared) + classifier + scoring
+)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -219,15 +227,17 @@ def markdown_tables(rows: Sequence[Mapping], protocols: Sequence[str], scale: fl
   out = [
     "**Summary**: mean over protocols (± std over seeds), with each method's classifier size and",
     "compute: pre-training steps x batch + classifier steps run (to convergence) x batch, mean",
-    "over runs",
+    "over runs, and its wall minutes per sub-run on the run's device",
     "",
-    "| method | params | compute (steps x batch) | examples | frame HTER % (honest) | "
+    "| method | params | compute (steps x batch) | examples | wall min | frame HTER % (honest) | "
     "video HTER % (honest) | frame HTER % (oracle) | video HTER % (oracle) | frame AUC % |",
-    "|---" * 9 + "|",
+    "|---" * 10 + "|",
   ]
   for method in methods:
     mean = next(r for r in rows if r["method"] == method and r["protocol"] == MEAN_ROW)
     cells = [_count(mean.get("params")), _compute(mean), _count(mean.get("examples_seen"))]
+    wall = mean.get("wall_time_s")
+    cells.append("—" if wall is None else f"{wall / 60:.1f}")
     for metric in summary:
       values = [scale * v for v in mean[f"{metric}_seeds"]]
       cells.append(format_mean_std(values, 1) if values else "—")

@@ -68,35 +68,10 @@ def ceiling_gates(config, runs, protocols) -> list[dict]:
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Every method x protocol x seed, then mean ± std tables, ROC figures and results."""
-  start = time.time()
-  for spec in config.methods:  # fail on a bad method, override or value before any training
-    mcfg = methods.method_config(config, spec)
-    validate.check_config(mcfg)
-    methods.check_method(mcfg, spec)
-  if not config.seeds:
-    raise ConfigError("config.seeds is empty")
-  info = _info(config)
-  domains = list(info["domains"])
-  protocols = parse_protocols(domains, config.protocols)  # before the data is read
-  splits = _load_splits(config)
-  mesh = train_lib.make_mesh(config.run.model_axis)
-  ctx = RunContext(
-    config=config,
-    workdir=workdir,
-    mesh=mesh,
-    data_sharding=train_lib.batch_sharding(mesh),
-    image_shape=tuple(splits["train"]["image"].shape[1:]),
-    num_domains=len(domains),
-    num_attacks=len(info.get("attacks", ("live", "spoof"))),
-  )
-  runs = []
-  for seed in config.seeds:
-    for proto in protocols:
-      for spec in config.methods:
-        runs.append(run_subrun(ctx, spec, int(seed), proto, splits))
-
+def write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder) -> dict:
+  """Tables (`table.md`), ROC figures and `runs.json` in `workdir` from the sub-run results
+  `runs`; returns the metrics for results.json. `folder_of(workdir, seed, protocol, spec)` names
+  the folder holding a sub-run's `scores.npz` (`mcae.merge` points it at other workdirs)."""
   names = [p.name for p in protocols]
   rows = evaluate.summarise(runs, list(config.methods), names)
   figures = []
@@ -105,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       curves = {}
       for spec in config.methods:
         for seed in config.seeds:
-          folder = subrun_folder(workdir, seed, proto, spec)
+          folder = folder_of(workdir, seed, proto, spec)
           path = os.path.join(folder, "scores.npz")
           if os.path.exists(path):
             recover = (
@@ -151,5 +126,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics["runs_file"] = "runs.json"
   metrics["protocols"] = names
   metrics["figures"] = figures
+  return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Every method x protocol x seed, then mean ± std tables, ROC figures and results."""
+  start = time.time()
+  for spec in config.methods:  # fail on a bad method, override or value before any training
+    mcfg = methods.method_config(config, spec)
+    validate.check_config(mcfg)
+    methods.check_method(mcfg, spec)
+  if not config.seeds:
+    raise ConfigError("config.seeds is empty")
+  info = _info(config)
+  domains = list(info["domains"])
+  protocols = parse_protocols(domains, config.protocols)  # before the data is read
+  splits = _load_splits(config)
+  mesh = train_lib.make_mesh(config.run.model_axis)
+  ctx = RunContext(
+    config=config,
+    workdir=workdir,
+    mesh=mesh,
+    data_sharding=train_lib.batch_sharding(mesh),
+    image_shape=tuple(splits["train"]["image"].shape[1:]),
+    num_domains=len(domains),
+    num_attacks=len(info.get("attacks", ("live", "spoof"))),
+  )
+  runs = []
+  for seed in config.seeds:
+    for proto in protocols:
+      for spec in config.methods:
+        runs.append(run_subrun(ctx, spec, int(seed), proto, splits))
+
+  metrics = write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder)
   metrics["train_and_evaluate_s"] = round(time.time() - start, 2)
   return metrics

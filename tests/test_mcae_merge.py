@@ -1,0 +1,58 @@
+"""`mcae.merge`: seeds run as separate workdirs merge into the table one run over all of them
+writes; mismatched or unfinished sources are refused with one line and exit code 2."""
+
+import json
+
+import pytest
+
+from configs.mcae import get_config
+from mcae import merge as merge_lib
+from mcae.train import train_and_evaluate
+from shared import app
+
+HTERS = ("hter_eer", "hter_val", "auc")
+
+
+def _run(workdir, seeds):
+  config = get_config("tiny")
+  config.seeds = seeds
+  app.run("mcae", train_and_evaluate, config, str(workdir))
+
+
+@pytest.mark.slow
+def test_merged_seeds_equal_one_run_over_them(tmp_path, capsys):
+  _run(tmp_path / "s0", (0,))
+  _run(tmp_path / "s1", (1,))
+  _run(tmp_path / "both", (0, 1))
+  merge_lib.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
+  assert "seeds [0, 1]" in capsys.readouterr().out
+  merged = json.loads((tmp_path / "m" / "results.json").read_text())
+  joint = json.loads((tmp_path / "both" / "results.json").read_text())
+  for spec in get_config("tiny").methods:
+    for m in HTERS:
+      key = f"{spec}/mean_{m}"
+      assert merged["metrics"][key] == pytest.approx(joint["metrics"][key], abs=1e-6), key
+  assert merged["config"]["seeds"] == [0, 1]
+  assert [m["seeds"] for m in merged["merged_from"]] == [[0], [1]]
+  rows = {r["name"]: r for r in merged["metrics"]["table"]}
+  assert all(r["n_seeds"] == 2 for r in rows.values())
+  table = (tmp_path / "m" / "table.md").read_text()
+  assert "wall min" in table and "Frame HTER % at the threshold fixed on source val" in table
+  assert (tmp_path / "m" / "roc_d1_d2_d3-to-d0.png").stat().st_size > 1000
+
+  # Refusals: a seed twice, a source that is not a finished run, another config.
+  for sources, needle in (
+    ([tmp_path / "s0", tmp_path / "both"], "seed 0 ran in both"),
+    ([tmp_path / "s0", tmp_path / "nothing"], "is missing"),
+  ):
+    with pytest.raises(SystemExit) as e:
+      merge_lib.main([*map(str, sources), "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+  other = json.loads((tmp_path / "s1" / "results.json").read_text())
+  other["config"]["eval_batch_size"] += 1
+  (tmp_path / "s1" / "results.json").write_text(json.dumps(other))
+  with pytest.raises(SystemExit):
+    merge_lib.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "y")])
+  assert "differs in: ['eval_batch_size']" in capsys.readouterr().err
