@@ -5,7 +5,8 @@ The held-out domain plays no part: selection reads the sources' val split only. 
 source-val AUC (ties: the lower EER) are saved with their step, and after `convergence.patience`
 evaluations without a better one training stops (`EarlyStop`); the step cap (`finetune.num_steps`,
 `baselines.supervised_steps`) bounds the rest. The best and its step live in the sub-run's folder,
-so an interrupted run resumes with the best seen before the interruption and the same patience.
+so an interrupted run resumes with the best seen before the interruption and the same patience;
+without a folder (the Python API) they are kept in memory, as host copies.
 """
 
 from __future__ import annotations
@@ -29,17 +30,20 @@ class EarlyStop(Exception):  # noqa: N818  (a signal, not an error)
 
 class BestValSelection:
   """A `train_loop` hook: scores source val, keeps the params with the best AUC, stops when it
-  plateaus (patience 0 = never stop early)."""
+  plateaus (patience 0 = never stop early). `folder` None keeps the best in memory."""
 
-  def __init__(self, stage, folder: str, source_val, eval_batch_size: int, data_sharding, *,
-               every: int, patience: int):  # fmt: skip
+  def __init__(self, stage, folder: str | None, source_val, eval_batch_size: int, data_sharding,
+               *, every: int, patience: int):  # fmt: skip
     self.stage, self.source_val = stage, source_val
     self.eval_batch_size, self.data_sharding = eval_batch_size, data_sharding
     self.every, self.patience = every, patience
-    self.params_path = os.path.join(folder, "selected_params.npz")
-    self.info_path = os.path.join(folder, "selection.json")
     self.folder = folder
-    self.best = workdir.read_result(self.info_path)  # {"step", "val_auc", "val_eer"} or None
+    self.kept = None  # in memory (folder None): host copies of the best params and model state
+    self.best = None  # {"step", "val_auc", "val_eer"}
+    if folder is not None:
+      self.params_path = os.path.join(folder, "selected_params.npz")
+      self.info_path = os.path.join(folder, "selection.json")
+      self.best = workdir.read_result(self.info_path)
 
   def _better(self, val) -> bool:
     if self.best is None:
@@ -58,16 +62,27 @@ class BestValSelection:
     val = fas_metrics(scores, self.source_val["label"])
     if self._better(val):
       self.best = {"step": int(step), "val_auc": val["auc"], "val_eer": val["eer"]}
-      workdir.save_params(
-        self.params_path, {"params": state.params, "model_state": state.model_state}
-      )
-      workdir.write_result(self.info_path, self.best)
+      if self.folder is None:
+        self.kept = jax.device_get((state.params, state.model_state))
+      else:
+        workdir.save_params(
+          self.params_path, {"params": state.params, "model_state": state.model_state}
+        )
+        workdir.write_result(self.info_path, self.best)
     elif self.patience and (step - self.best["step"]) >= self.patience * self.every:
       raise EarlyStop(int(step))
     return {"select_val_auc": val["auc"], "select_val_eer": val["eer"]}
 
   def restore(self, state=None):
     """(params, model_state): the selected ones when there are, else the state's own."""
+    if self.folder is None:
+      if self.kept is None:
+        return state.params, state.model_state
+      params, model_state = self.kept
+      return (
+        jax.device_put(params, self.stage.sharding.params),
+        jax.device_put(model_state, self.stage.sharding.model_state),
+      )
     if self.best is None or not os.path.exists(self.params_path):
       return state.params, state.model_state
     restored = workdir.load_params(

@@ -8,7 +8,8 @@ A finished sub-run is read back from its `subrun.json`; an interrupted one resum
 checkpoint. The held-out domain is used for its test split only: the classifier trains to
 convergence on the sources' val split (`mcae.selection`: best source-val AUC every
 `convergence.eval_every` steps, early stop after `convergence.patience` evaluations without a
-better one) and the honest threshold is fixed there too.
+better one) and the honest threshold is fixed there too. The training itself is `mcae.fit`'s,
+which the Python API (`mcae.api`) calls too, without a folder.
 """
 
 from __future__ import annotations
@@ -21,17 +22,10 @@ import time
 import jax
 import ml_collections
 
-from mcae import evaluate, finetune, methods, stage_builders
+from mcae import evaluate, finetune, fit, methods, stage_builders
 from mcae.mechanism import live_feature_check
 from mcae.protocols import Protocol, select
-from mcae.selection import BestValSelection, EarlyStop
-from shared import data as data_lib
-from shared import stages
-from shared.models.vit import init_classifier_from_mae
 from shared.workdir import cached_result, save_arrays
-
-PRETRAIN_FIELDS = ("image", "label", "domain", "attack")
-CLASSIFIER_FIELDS = ("image", "label")
 
 
 @dataclasses.dataclass
@@ -51,47 +45,13 @@ def subrun_folder(workdir: str, seed: int, proto: Protocol, spec: str) -> str:
   return os.path.join(workdir, f"seed_{seed}", proto.slug, methods.folder_name(spec))
 
 
-def _train(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, folder, name, **hooks):
-  """`shared.stages.run_stage` over shuffled batches of `fields` of `arrays`."""
-  arrays = {k: arrays[k] for k in fields}
-  run = ctx.config.run
-  return stages.run_stage(
-    state=state,
-    step_fn=stage.step,
-    batches=lambda start: data_lib.batches(arrays, batch_size, seed=seed, start_step=start),
-    num_steps=num_steps,
-    data_sharding=ctx.data_sharding,
-    checkpoint_dir=os.path.join(folder, "checkpoints"),
-    log_dir=folder,
-    stage=name,
-    checkpoint_every=run.checkpoint_every,
-    keep=1,
-    log_every=run.log_every,
-    progress=run.progress,
-    tensorboard=run.tensorboard,
-    **hooks,
-  )
-
-
 def _pretrain(ctx, mcfg, pretrain_cfg, proto, seed, key, source_train):
   """Runs (or resumes, or reuses) the pre-training stage; returns its params."""
   folder_id = stage_builders.pretrain_folder_id(ctx, mcfg, pretrain_cfg)
   folder = os.path.join(ctx.workdir, f"seed_{seed}", proto.slug, f"pretrain-{folder_id}")
-  stage = stage_builders.pretrain_stage(ctx, mcfg, pretrain_cfg)
-  state = stage.create(jax.random.fold_in(key, 1))
-  state = _train(
-    ctx,
-    stage,
-    state,
-    source_train,
-    PRETRAIN_FIELDS,
-    pretrain_cfg.num_steps,
-    pretrain_cfg.batch_size,
-    seed * 1000 + 1,
-    folder,
-    f"pretrain[{proto.name}, seed {seed}]",
-  )
-  return state.params
+  name = f"pretrain[{proto.name}, seed {seed}]"
+  key = jax.random.fold_in(key, 1)
+  return fit.pretrain(ctx, mcfg, pretrain_cfg, source_train, key, seed * 1000 + 1, folder, name)
 
 
 def _compute(pre_cfg, steps_run: int, plan) -> dict:
@@ -123,48 +83,24 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
   if mcfg.method_table[name].pretrain is not None:
     pre_cfg = methods.pretrain_config(mcfg, name)
     pre_params = _pretrain(ctx, mcfg, pre_cfg, proto, seed, key, source_train)
-  plan = stage_builders.classifier_stage(ctx, mcfg, name, pretrained=pre_params is not None)
-  stage = plan.stage
-  state = stage.create(jax.random.fold_in(key, 2))
-  if pre_params is not None:
-    params = init_classifier_from_mae(state.params, pre_params["backbone"])
-    state = state.replace(params=jax.device_put(params, stage.sharding.params))
   mechanism = {}
   if pre_params is not None and mcfg.mechanism.enabled:
     mechanism = live_feature_check(ctx, mcfg, pre_params["backbone"], source_val, target_test, seed)
+  trained = fit.classifier(
+    ctx,
+    mcfg,
+    name,
+    None if pre_params is None else pre_params["backbone"],
+    source_train,
+    source_val,
+    jax.random.fold_in(key, 2),
+    seed * 1000 + 2,
+    folder,
+    f"{spec}[{proto.name}, seed {seed}]",
+  )
   del pre_params  # the classifier holds its own copy now
-  conv = mcfg.convergence
-  selection = None
-  if conv.eval_every > 0:
-    selection = BestValSelection(
-      stage,
-      folder,
-      source_val,
-      ctx.config.eval_batch_size,
-      ctx.data_sharding,
-      every=conv.eval_every,
-      patience=conv.patience,
-    )
-  steps_run = plan.num_steps
-  try:
-    state = _train(
-      ctx,
-      stage,
-      state,
-      source_train,
-      CLASSIFIER_FIELDS,
-      plan.num_steps,
-      plan.loss_cfg.batch_size,
-      seed * 1000 + 2,
-      folder,
-      f"{spec}[{proto.name}, seed {seed}]",
-      hooks=(selection,) if selection else (),
-      hook_every=conv.eval_every,
-    )
-  except EarlyStop as stop:  # the state was donated to the last step; the best is on disk
-    steps_run, state = stop.step, None
-  params, model_state = selection.restore(state) if selection else (state.params, state.model_state)
-  del state
+  stage, plan, steps_run = trained.plan.stage, trained.plan, trained.steps_run
+  params, model_state = trained.params, trained.model_state
 
   def score(arrays):
     return evaluate.predict(
@@ -185,7 +121,7 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
       evaluate.video_keys(target_test),
     ),
     "params": finetune.num_params(params),
-    "selected_step": selection.best["step"] if selection and selection.best else steps_run,
+    "selected_step": trained.selected_step,
     **_compute(pre_cfg, steps_run, plan),
     **mechanism,
     "wall_time_s": round(time.time() - start, 2),
