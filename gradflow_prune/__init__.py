@@ -1,5 +1,18 @@
 """Gradient-flow iterative pruning of diffusion U-Nets (arXiv 2501.09464, reconstructed).
 
+Python API (arrays in, no workdir; `api.py`):
+
+    pruned = gradflow_prune.prune(params, unet_config, images_uint8, keep=0.7,
+                                  procedure="gradflow")   # or "oneshot"; criterion="grasp" | ...
+    images01 = gradflow_prune.sample(pruned, 16, jax.random.PRNGKey(0), steps=10)  # [16, H, W, C]
+    gradflow_prune.save("pruned/", pruned)          # model.safetensors + unet.json
+    pruned = gradflow_prune.load("pruned/")         # a PrunedUNet: .config, .params, .macs, .eps
+
+`params` / `unet_config`: a dense `shared.models.unet` U-Net (config dict, e.g.
+`unet.preset("tiny8")`); images [N, H, W, C] uint8 at its resolution. `gradflow_prune.prune` is
+also the module of the pruning procedures (`gradflow_prune.prune.iterative`, `.FlowConfig`, ...):
+the module is callable, so both spellings keep working.
+
 Modules: diffusion (DDPM loss, DDIM sampling), surgery (channel groups, masks, physical removal),
 criteria (random / magnitude / Taylor / GraSP-like scores), prune (one-shot and iterative soft
 pruning), evaluate (FD, SSIM to the teacher, params, MACs, latency, figures), torch_import
@@ -7,11 +20,35 @@ pruning), evaluate (FD, SSIM to the teacher, params, MACs, latency, figures), to
 of one U-Net config), inputs (splits and training batches), teacher (load or pre-train the dense
 U-Net), evaluator (FD features, reference statistics, the teacher's samples), plan (which runs),
 pruning_run (one run, resumable), report (summary, claim, paired bootstrap, pooled runs), stats
-(paired bootstrap confidence intervals), export (a pruned U-Net as safetensors + JSON;
-`gradflow_prune.load(dir)` reloads it for sampling), sample (its command line), train
-(`train_and_evaluate`), bench (benchmark cases).
+(paired bootstrap confidence intervals), export (a pruned U-Net as safetensors + JSON), api
+(prune / save / sample on arrays), sample (its command line), train (`train_and_evaluate`), bench
+(benchmark cases).
 """
 
+import functools
+import inspect
+import types
+
+from gradflow_prune import api
+from gradflow_prune import prune as _procedures
+from gradflow_prune.api import sample, save
 from gradflow_prune.export import PrunedUNet, load
 
-__all__ = ["PrunedUNet", "load"]
+
+class _CallableModule(types.ModuleType):
+  """`gradflow_prune.prune(...)` calls `api.prune`; its attributes stay the procedures module's.
+
+  The package's public call and its submodule share the name `prune`: binding the function to
+  the package would hide the module from `from gradflow_prune import prune` (used throughout).
+  """
+
+  @functools.wraps(api.prune)
+  def __call__(self, *args, **kwargs):
+    return api.prune(*args, **kwargs)
+
+
+_procedures.__class__ = _CallableModule
+_procedures.__signature__ = inspect.signature(api.prune)
+prune = _procedures
+
+__all__ = ["PrunedUNet", "load", "prune", "sample", "save"]

@@ -2,6 +2,7 @@
 
     model = gradflow_prune.load("runs/x/runs/keep0.7/iterative/grasp/seed0/model")
     images01 = model.sample(jax.random.normal(key, (16, *model.image_shape)))
+    gradflow_prune.save("elsewhere/model", model)   # `save_pruned`: the same two files
 
 The folder (`save`) holds `model.safetensors` (flat 'a/b/kernel' float32 tensors) and `unet.json`:
 the U-Net config (`shared.models.unet` config dict, `widths` included), the channel count of
@@ -20,8 +21,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from gradflow_prune import diffusion, surgery
-from shared import workdir
+from gradflow_prune import diffusion, evaluate, surgery
+from shared import stages, workdir
 from shared.errors import CheckpointError
 from shared.models import unet
 
@@ -46,18 +47,8 @@ def save(directory: str, model_config: dict, params, *, schedule: dict, sampler:
   """
   from safetensors.numpy import save_file  # noqa: PLC0415
 
-  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()}
-  groups = surgery.channel_groups(model_config)
-  meta = {
-    "format": FORMAT,
-    "unet": model_config,
-    "channels": {g.name: g.size for g in groups},
-    "params": int(sum(v.size for v in tensors.values())),
-    "schedule": dict(schedule),
-    "sampler": dict(sampler),
-    **({"provenance": extra} if extra else {}),
-  }
+  tensors = _tensors(params)
+  meta = metadata(model_config, params, schedule=schedule, sampler=sampler, extra=extra)
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{WEIGHTS}.tmp")
@@ -66,38 +57,43 @@ def save(directory: str, model_config: dict, params, *, schedule: dict, sampler:
   workdir.write_json(os.path.join(directory, META), meta)
 
 
-@dataclasses.dataclass
-class PrunedUNet:
-  """A reloaded U-Net: its config, params, flax module and jitted eps / DDIM sampler."""
+def _tensors(params) -> dict[str, np.ndarray]:
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  return {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()}
 
-  config: dict[str, Any]
-  params: Any
-  meta: dict[str, Any]
 
-  def __post_init__(self):
-    self.model = unet.from_config_dict(self.config)
-    s = self.meta["schedule"]
+def metadata(model_config: dict, params, *, schedule: dict, sampler: dict,
+             extra: dict | None = None) -> dict:  # fmt: skip
+  """What unet.json holds (see `save`): format, U-Net config, channel counts, schedule, sampler."""
+  return {
+    "format": FORMAT,
+    "unet": model_config,
+    "channels": {g.name: g.size for g in surgery.channel_groups(model_config)},
+    "params": int(sum(v.size for v in _tensors(params).values())),
+    "schedule": dict(schedule),
+    "sampler": dict(sampler),
+    **({"provenance": extra} if extra else {}),
+  }
+
+
+def save_pruned(directory: str, model: PrunedUNet) -> None:
+  """Writes `model` (from `gradflow_prune.prune` or `load`) as `load` reads it back."""
+  m = model.meta
+  save(directory, model.config, model.params, schedule=m["schedule"], sampler=m["sampler"],
+       extra=m.get("provenance"))  # fmt: skip
+
+
+class _Programs:
+  """The module, schedule and jitted eps / DDIM programs of one U-Net config and schedule."""
+
+  def __init__(self, config: dict, schedule: dict):
+    self.model = unet.from_config_dict(config)
+    s = schedule
     self.schedule = diffusion.linear_schedule(s["num_timesteps"], s["beta_start"], s["beta_end"])
-    self._eps = jax.jit(lambda p, x, t: self.model.apply({"params": p}, x, t))
+    self.eps = jax.jit(lambda p, x, t: self.model.apply({"params": p}, x, t))
     self._samplers = {}
 
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return (self.model.resolution, self.model.resolution, self.model.in_channels)
-
-  def eps(self, x_BxHxWxC, t_B):
-    """The network's noise prediction."""
-    return self._eps(self.params, x_BxHxWxC, t_B)
-
-  def sample(self, x_T, ddim_steps: int | None = None, skip: str | None = None,
-             eta: float | None = None, clip_x0: bool | None = None, rng=None):  # fmt: skip
-    """DDIM samples in [0, 1] from the initial noise `x_T` (defaults: the settings it was
-    evaluated with, in unet.json)."""
-    cfg = self.meta["sampler"]
-    steps = int(cfg["ddim_steps"] if ddim_steps is None else ddim_steps)
-    skip = cfg["skip"] if skip is None else skip
-    eta = float(cfg["eta"] if eta is None else eta)
-    clip = bool(cfg["clip_x0"] if clip_x0 is None else clip_x0)
+  def sampler(self, steps: int, skip: str, eta: float, clip: bool):
     key = (steps, skip, eta, clip)
     if key not in self._samplers:
       ts = diffusion.ddim_timesteps(self.schedule.num_timesteps, steps, skip)
@@ -108,8 +104,56 @@ class PrunedUNet:
         return diffusion.to_unit_range(x0)
 
       self._samplers[key] = jax.jit(run)
+    return self._samplers[key]
+
+
+@dataclasses.dataclass
+class PrunedUNet:
+  """A (reloaded) pruned U-Net: its config, params, flax module and jitted eps / DDIM sampler.
+
+  Models of the same config share one compilation (`stages.compiled`): the in-memory result of
+  `gradflow_prune.prune` and its reloaded copy run the same programs.
+  """
+
+  config: dict[str, Any]
+  params: Any
+  meta: dict[str, Any]
+
+  def __post_init__(self):
+    schedule = self.meta["schedule"]
+    key = stages.stage_key("gradflow_prune.PrunedUNet", self.config, schedule)
+    self._programs = stages.compiled(key, lambda: _Programs(self.config, schedule))
+    self.model = self._programs.model
+    self.schedule = self._programs.schedule
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.model.resolution, self.model.resolution, self.model.in_channels)
+
+  @property
+  def num_params(self) -> int:
+    return unet.num_params(self.params)
+
+  @property
+  def macs(self) -> int:
+    """Multiply-accumulates of one forward pass for one image (`evaluate.unet_macs`)."""
+    return evaluate.unet_macs(self.config)
+
+  def eps(self, x_BxHxWxC, t_B):
+    """The network's noise prediction."""
+    return self._programs.eps(self.params, x_BxHxWxC, t_B)
+
+  def sample(self, x_T, ddim_steps: int | None = None, skip: str | None = None,
+             eta: float | None = None, clip_x0: bool | None = None, rng=None):  # fmt: skip
+    """DDIM samples in [0, 1] from the initial noise `x_T` (defaults: the settings it was
+    evaluated with, in unet.json)."""
+    cfg = self.meta["sampler"]
+    steps = int(cfg["ddim_steps"] if ddim_steps is None else ddim_steps)
+    skip = cfg["skip"] if skip is None else skip
+    eta = float(cfg["eta"] if eta is None else eta)
+    clip = bool(cfg["clip_x0"] if clip_x0 is None else clip_x0)
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    return self._samplers[key](self.params, x_T, rng)
+    return self._programs.sampler(steps, skip, eta, clip)(self.params, x_T, rng)
 
 
 def load(directory: str) -> PrunedUNet:

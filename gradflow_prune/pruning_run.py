@@ -83,99 +83,129 @@ def _load_masks(path):
   return read_state_dict(path, what="masks")
 
 
+def oneshot_masks(criterion, keep_ratio, t_params, groups, score):
+  """(hard masks, info): the dense model scored once, the top keep_ratio of every unit kept."""
+  importance, info = score(criterion, t_params, groups.ones(), 0)
+  return surgery.masks_from_scores(groups, importance, keep_ratio), info
+
+
 def _oneshot_masks(rdir, criterion, keep_ratio, t_params, groups, score):
   path = os.path.join(rdir, "masks.npz")
   if os.path.isfile(path):
     return _load_masks(path), {}
-  importance, info = score(criterion, t_params, groups.ones(), 0)
-  masks = surgery.masks_from_scores(groups, importance, keep_ratio)
+  masks, info = oneshot_masks(criterion, keep_ratio, t_params, groups, score)
   _save_masks(path, masks)
   return masks, info
 
 
-def _iterative_masks(config, workdir, rdir, label, run, kit: Toolkit, t_params, groups, score,
-                     train01, mesh):  # fmt: skip
-  """(hard masks, dense params after the interleaved training, info) of the soft-mask flow."""
+def iterative_masks(config, run, kit: Toolkit, t_params, groups, score, train01, mesh, *,
+                    label: str, ckpt=None, writer=None, cache_dir=None):  # fmt: skip
+  """(hard masks, final state, info) of the soft-mask flow interleaved with training.
+
+  `ckpt` (a `train_lib.Checkpointer`, saved after every iteration and resumed from) and `writer`
+  (metrics) are optional: the Python API runs it in memory, a run in its folder.
+  """
   pc = config.prune
   seed, fc = run["seed"], plan.flow_config(config, run["procedure"])
-  masks_path = os.path.join(rdir, "masks.npz")
-  params_path = os.path.join(rdir, "iterative_params.npz")
-  if os.path.isfile(masks_path) and os.path.isfile(params_path):
-    return _load_masks(masks_path), load_params(params_path), {}
   state, step = kit.make_state(
     t_params, pc.optimizer, fc.iterations * fc.n_train, jax.random.PRNGKey(seed),
     masks=groups.ones(),
   )  # fmt: skip
   stage = f"{label}/flow"
-  with (
-    train_lib.Checkpointer(os.path.join(rdir, "iterative"), keep=1, every=1) as ckpt,
-    train_lib.MetricWriter(workdir, stage=stage) as writer,
-  ):
+  done = 0
+  if ckpt is not None:
     state, done = ckpt.restore_or(state)
     done = done or 0
-    if done:
-      logging.info("%s: resumed after flow iteration %d of %d", label, done, fc.iterations)
-    batches = inputs.train_batches(config, train01, pc.batch_size, seed, workdir)
-    masks_sharding = train_lib.replicated(mesh)
+  if done:
+    logging.info("%s: resumed after flow iteration %d of %d", label, done, fc.iterations)
+  batches = inputs.train_batches(config, train01, pc.batch_size, seed, cache_dir)
+  masks_sharding = train_lib.replicated(mesh)
 
-    def train(state, masks, k):
-      # Placed like the rest of the state, so the jitted step sees the same input types.
-      masks = jax.device_put(prune.soft_masks_as_jnp(masks), masks_sharding)
-      state = state.replace(model_state={"masks": masks})
-      return train_lib.train_loop(
-        state=state,
-        step_fn=step,
-        batches=batches,
-        num_steps=k * fc.n_train,
-        data_sharding=kit.data_sharding,
-        writer=writer,
-        log_every=min(config.run.log_every, fc.n_train),
-        progress=False,
-        stage=stage,
-      )
-
-    def on_iteration(k, state, masks, row):
-      ckpt.save(k, state)
-      writer.write(int(state.step), {f"flow_{a}": b for a, b in row.items()})
-      logging.info(
-        "%s: iteration %d/%d sparsity %.3f energy %.4g -> %.4g, mean kept mask %.3f",
-        label, k, fc.iterations, row["sparsity"], row["energy_start"], row["energy_end"],
-        row["mean_mask_kept"],
-      )  # fmt: skip
-
-    masks, state, history = prune.iterative(
-      groups=groups,
-      criterion=run["criterion"],
+  def train(state, masks, k):
+    # Placed like the rest of the state, so the jitted step sees the same input types.
+    masks = jax.device_put(prune.soft_masks_as_jnp(masks), masks_sharding)
+    state = state.replace(model_state={"masks": masks})
+    return train_lib.train_loop(
       state=state,
-      params_of=lambda s: jax.device_get(s.params),
-      score=score,
-      removal=prune.removal_from_importance,
-      grad_fn=kit.scorer.mask_grads,
-      flow_batch=lambda k: score_batches(config, train01, seed, 1000 + k, kit.sched)[0],
-      train=train,
-      keep_ratio=run["keep_ratio"],
-      cfg=fc,
-      start=done,
-      masks={k: np.asarray(v) for k, v in jax.device_get(state.model_state["masks"]).items()},
-      on_iteration=on_iteration,
+      step_fn=step,
+      batches=batches,
+      num_steps=k * fc.n_train,
+      data_sharding=kit.data_sharding,
+      writer=writer,
+      log_every=min(config.run.log_every, fc.n_train),
+      progress=False,
+      stage=stage,
     )
+
+  def on_iteration(k, state, masks, row):
+    if ckpt is not None:
+      ckpt.save(k, state)
+    if writer is not None:
+      writer.write(int(state.step), {f"flow_{a}": b for a, b in row.items()})
+    logging.info(
+      "%s: iteration %d/%d sparsity %.3f energy %.4g -> %.4g, mean kept mask %.3f",
+      label, k, fc.iterations, row["sparsity"], row["energy_start"], row["energy_end"],
+      row["mean_mask_kept"],
+    )  # fmt: skip
+
+  masks, state, history = prune.iterative(
+    groups=groups,
+    criterion=run["criterion"],
+    state=state,
+    params_of=lambda s: jax.device_get(s.params),
+    score=score,
+    removal=prune.removal_from_importance,
+    grad_fn=kit.scorer.mask_grads,
+    flow_batch=lambda k: score_batches(config, train01, seed, 1000 + k, kit.sched)[0],
+    train=train,
+    keep_ratio=run["keep_ratio"],
+    cfg=fc,
+    start=done,
+    masks={k: np.asarray(v) for k, v in jax.device_get(state.model_state["masks"]).items()},
+    on_iteration=on_iteration,
+  )
+  return masks, state, {"flow": history}
+
+
+def _iterative_masks(config, workdir, rdir, label, run, kit: Toolkit, t_params, groups, score,
+                     train01, mesh):  # fmt: skip
+  """(hard masks, dense params after the interleaved training, info) of the soft-mask flow."""
+  masks_path = os.path.join(rdir, "masks.npz")
+  params_path = os.path.join(rdir, "iterative_params.npz")
+  if os.path.isfile(masks_path) and os.path.isfile(params_path):
+    return _load_masks(masks_path), load_params(params_path), {}
+  with (
+    train_lib.Checkpointer(os.path.join(rdir, "iterative"), keep=1, every=1) as ckpt,
+    train_lib.MetricWriter(workdir, stage=f"{label}/flow") as writer,
+  ):
+    masks, state, info = iterative_masks(
+      config, run, kit, t_params, groups, score, train01, mesh, label=label, ckpt=ckpt,
+      writer=writer, cache_dir=workdir,
+    )  # fmt: skip
   big_params = jax.device_get(state.params)
   save_params(params_path, big_params)
   _save_masks(masks_path, masks)
-  return masks, big_params, {"flow": history}
+  return masks, big_params, info
 
 
-def _evaluated(state):
+def evaluated(state):
+  """The params a run evaluates and exports: the EMA when kept, else the trained ones."""
   return state.ema_params if state.ema_params is not None else state.params
+
+
+def finetune_state(config, kit: Toolkit, params, num_steps, train01, seed, cache_dir=None):
+  """(state, jitted step, batches) of the pruned U-Net's fine-tuning (the paired seeds)."""
+  pc = config.prune
+  state, step = kit.make_state(params, pc.optimizer, num_steps, jax.random.PRNGKey(10_000 + seed))
+  batches = inputs.train_batches(config, train01, pc.batch_size, seed + 1, cache_dir)
+  return state, step, batches
 
 
 def _finetune(config, workdir, rdir, label, seed, kit: Toolkit, params, num_steps, train01,
               evaluator, points):  # fmt: skip
   """`num_steps` denoising steps of the pruned U-Net, stopping at each of `points` (< num_steps)
   for FD and SSIM (cached per point); (the params to evaluate (EMA when kept), the curve)."""
-  pc = config.prune
-  state, step = kit.make_state(params, pc.optimizer, num_steps, jax.random.PRNGKey(10_000 + seed))
-  batches = inputs.train_batches(config, train01, pc.batch_size, seed + 1, workdir)
+  state, step, batches = finetune_state(config, kit, params, num_steps, train01, seed, workdir)
   curve = []
   for target in points:
     path = os.path.join(rdir, "convergence", f"step{target}.json")
@@ -198,11 +228,11 @@ def _finetune(config, workdir, rdir, label, seed, kit: Toolkit, params, num_step
         progress=config.run.progress,
       )
     if target < num_steps:
-      point = lambda: {"finetune_step": target, **evaluator.quality(kit, _evaluated(state))}
+      point = lambda: {"finetune_step": target, **evaluator.quality(kit, evaluated(state))}
       curve.append(cached_result(path, point))
       logging.info("%s: fine-tune step %d FD %.4g SSIM %.4g", label, target, curve[-1]["fd"],
                    curve[-1]["ssim"])  # fmt: skip
-  return _evaluated(state), curve
+  return evaluated(state), curve
 
 
 def _export(config, rdir, small_cfg, small_params, run, row) -> str:

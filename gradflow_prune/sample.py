@@ -32,14 +32,12 @@ def main(argv=None) -> int:
   if args.num < 1:
     raise ConfigError(f"--num must be >= 1, got {args.num}")
   import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
 
-  from gradflow_prune import evaluate, export  # noqa: PLC0415
+  from gradflow_prune import api, evaluate, export  # noqa: PLC0415
   from shared.workdir import save_npz  # noqa: PLC0415
 
   model = export.load(args.model_dir)
-  x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *model.image_shape))
-  images = np.asarray(model.sample(x_T, ddim_steps=args.ddim_steps))
+  images = api.sample(model, args.num, jax.random.PRNGKey(args.seed), steps=args.ddim_steps)
   evaluate.save_grid(images, args.out, title=args.model_dir)
   if args.npz:
     save_npz(args.npz, {"samples": images})

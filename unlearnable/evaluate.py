@@ -17,6 +17,8 @@ Victims (config `victims`, columns of the results table):
   datawise          supervised on the second data set, protected by perturbations made on the
                     first and transferred class by class (`transfer.rule`)
 Lower clean-test accuracy = better protection; chance is 1 / num_classes.
+
+`evaluate_victim` is one such cell on arrays (the released uint8 images), for the Python API.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import zlib
 import jax
 import numpy as np
 
-from shared.errors import ConfigError
-from unlearnable import countermeasures, perturb, transfer, victims
+from shared import data as data_lib
+from shared.errors import ConfigError, DataError
+from unlearnable import countermeasures, perturb, release, transfer, victims
 
 VICTIMS = {  # name -> column label
   "supervised": "sup. (surrogate arch)",
@@ -161,3 +164,110 @@ def run_victim(
     key,
     **kw,
   )
+
+
+def _images(name: str, images, *, uint8: bool) -> np.ndarray:
+  """[N, H, W, C] float32 in [0, 1] from uint8 (or, unless `uint8`, float [0, 1]) images."""
+  x = np.asarray(images)
+  if x.ndim == 3:  # [N, H, W]: one channel
+    x = x[..., None]
+  if x.ndim != 4 or not len(x):
+    raise DataError(f"{name} must be [N, H, W(, C)] images with N >= 1, got shape {x.shape}")
+  if x.dtype != np.uint8:
+    if uint8:
+      raise DataError(f"{name} must be uint8 (the released images), got {x.dtype}")
+    if not np.issubdtype(x.dtype, np.floating) or x.min() < 0 or x.max() > 1:
+      raise DataError(f"{name} must be uint8 or float in [0, 1], got {x.dtype}")
+  return data_lib.to_float(x)
+
+
+def _labels(name: str, labels, n: int) -> np.ndarray:
+  y = np.asarray(labels)
+  if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer) or (n and y.min() < 0):
+    raise DataError(f"{name} must be {n} non-negative integers, got {y.dtype} {y.shape}")
+  return y.astype(np.int32)
+
+
+def evaluate_victim(
+  protected_uint8,
+  labels,
+  test_images,
+  test_labels,
+  *,
+  victim: str = "supervised",
+  arch: str | None = None,
+  epochs: int | None = None,
+  clean_images=None,
+  config=None,
+  seed: int = 0,
+  num_classes: int | None = None,
+) -> dict:
+  """Trains `victim` from scratch on protected images; its accuracy on the clean test set.
+
+      protected = unlearnable.protect(train_uint8, labels, method="em")       # [N, H, W, C] uint8
+      out = unlearnable.evaluate_victim(protected, labels, test_uint8, test_labels)
+      out["final"], out["peak"], out["chance"]   # clean-test accuracy: last epoch, best; 1 / K
+
+  The same call as a cell of `python -m unlearnable` (`run_victim`): with the same config, seed
+  and `clean_images` (the unprotected training images) it returns the CLI's numbers.
+
+  Args:
+    protected_uint8: [N, H, W(, C)] uint8, the released training images.
+    labels: [N] ints.
+    test_images: [M, H, W(, C)] uint8 (or float in [0, 1]) clean test images; test_labels [M].
+    victim: a trained victim of `unlearnable.VICTIMS` (supervised, supervised_other, simclr,
+      grayscale, jpeg, jpeg_mild, adversarial, mixup, cutout); 'datawise' needs a second data
+      set and runs in the CLI only.
+    arch: the victim's network, a name in `config.models` (small_cnn, mlp, resnet18); default
+      the config's (`surrogate`; `other_arch` for supervised_other; `simclr_victim.model`).
+    epochs: training epochs (default the config's `victim` / `simclr_victim` recipe).
+    clean_images: [N, H, W(, C)] the unprotected training images, when known: the victim then
+      trains on clean + (protected - clean) as the CLI does, and simclr also reports the probe
+      fitted on clean images (`final_alt`, `peak_alt`).
+    config: a configs/unlearnable.py config (None: its default variant); not modified.
+    seed: the victim's initialisation and data order are those of the CLI's seed `seed`.
+    num_classes: default max(label) + 1 over both label arrays.
+
+  Returns:
+    {'victim', 'final', 'peak', 'curve': [(step, accuracy)], 'train_s', 'num_classes', 'chance'}
+    (+ 'knn_final' for simclr); accuracies in [0, 1] on the clean test set.
+  """
+  trained = [v for v in VICTIMS if v not in DERIVED and v != "datawise"]
+  if victim not in trained:
+    raise ConfigError(f"unknown victim {victim!r} for evaluate_victim; known: {', '.join(trained)}")
+  train01 = _images("protected_uint8", protected_uint8, uint8=True)
+  test01 = _images("test_images", test_images, uint8=False)
+  if test01.shape[1:] != train01.shape[1:]:
+    raise DataError(
+      f"test images are {test01.shape[1:]}, the protected ones {train01.shape[1:]} (H, W, C)"
+    )
+  y = _labels("labels", labels, len(train01))
+  y_test = _labels("test_labels", test_labels, len(test01))
+  k = int(num_classes or max(y.max(), y_test.max()) + 1)
+  if max(y.max(), y_test.max()) >= k:
+    raise DataError(f"labels reach {max(y.max(), y_test.max())}, outside {k} classes")
+  config = release.resolved_config(config)
+  if arch is not None:
+    model_spec(config, arch)  # a ConfigError naming the known models
+    if victim == "simclr":
+      config.simclr_victim.model = arch
+    elif victim == "supervised_other":
+      config.other_arch = arch
+    else:
+      config.surrogate = arch
+  if epochs is not None:
+    if int(epochs) < 1:
+      raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    (config.simclr_victim if victim == "simclr" else config.victim).epochs = int(epochs)
+  if clean_images is None:  # the victim sees exactly the released images
+    clean01, delta = train01, np.zeros_like(train01)
+  else:
+    clean01 = _images("clean_images", clean_images, uint8=False)
+    if clean01.shape != train01.shape:
+      raise DataError(f"clean_images are {clean01.shape}, the protected ones {train01.shape}")
+    delta = release.as_delta(np.asarray(protected_uint8).reshape(train01.shape), clean01)
+  sets = {"train": {"image": clean01, "label": y}, "test": {"image": test01, "label": y_test}}
+  cell = run_victim(config, victim, "api", sets, delta, jax.random.PRNGKey(seed), k)
+  if clean_images is None:
+    cell = {a: b for a, b in cell.items() if a not in ("final_alt", "peak_alt")}
+  return {"victim": victim, **cell, "num_classes": k, "chance": 1.0 / k}

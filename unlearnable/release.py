@@ -45,6 +45,15 @@ def as_delta(protected_uint8: np.ndarray, images01: np.ndarray) -> np.ndarray:
   )
 
 
+def resolved_config(config=None):
+  """A private copy of `config`, or of configs/unlearnable.py's default variant when None."""
+  if config is None:
+    from configs import unlearnable as config_file  # noqa: PLC0415  (the default settings)
+
+    config = config_file.get_config()
+  return config.copy_and_resolve_references()
+
+
 def protect(
   images_uint8,
   labels,
@@ -69,11 +78,7 @@ def protect(
   images = np.asarray(images_uint8)
   if images.dtype != np.uint8:
     raise DataError(f"protect takes uint8 images, got {images.dtype} (scale [0, 1] floats by 255)")
-  if config is None:
-    from configs import unlearnable as config_file  # noqa: PLC0415  (the default settings)
-
-    config = config_file.get_config()
-  config = config.copy_and_resolve_references()
+  config = resolved_config(config)
   config.eps = float(eps)
   import jax  # noqa: PLC0415  (numpy-only callers of quantize never import JAX)
 
