@@ -1,1 +1,40 @@
-"""InfoTok: an information-bottleneck-regularised shared visual tokenizer for unified models."""
+"""InfoTok: an information-bottleneck-regularised shared visual tokenizer for unified models.
+
+The Python API (`infotok.api`), on arrays, without the command line or a workdir:
+
+    import infotok
+    cfg = infotok.default_config()          # configs/infotok.py's tokenizer section; edit freely
+    cfg.num_steps = 300
+    base = infotok.train_tokenizer(images, config=cfg)                  # reconstruction only
+    vib = infotok.train_tokenizer(
+      images, config=cfg, weights=infotok.variant_weights("vib_kl", 1e-2)  # + noise and KL
+    )
+    ids_BxN = vib.encode(images)            # int32 code ids, N = vib.num_tokens
+    recon_BxHxWx3 = vib.decode(ids_BxN)     # float32 in [0, 1]
+    infotok.save_tokenizer("runs/tok", vib)  # params.safetensors + tokenizer.json
+    vib = infotok.load_tokenizer("runs/tok")
+
+images: uint8 or [0, 1] float [N, H, W, 3]; the text terms (consistency, align, HSIC's lambda_y)
+also need `captions`, int token ids [N, L]. The whole study (judge, sweeps, unified models):
+`python -m infotok --config configs/infotok.py --workdir runs/infotok` (`infotok.train`).
+"""
+
+from infotok.api import (
+  Tokenizer,
+  default_config,
+  load_tokenizer,
+  save_tokenizer,
+  train_tokenizer,
+  variant_weights,
+)
+from infotok.tokenizer import WEIGHT_NAMES
+
+__all__ = [
+  "WEIGHT_NAMES",
+  "Tokenizer",
+  "default_config",
+  "load_tokenizer",
+  "save_tokenizer",
+  "train_tokenizer",
+  "variant_weights",
+]

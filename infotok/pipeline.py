@@ -14,13 +14,13 @@ import time
 import jax
 import numpy as np
 
-from infotok import captions, evaluate, inputs, summary
+from infotok import api, captions, evaluate, inputs, summary
 from infotok import text as text_lib
 from infotok.tokenizer_trainer import TokenizerTrainer, log_summary
 from infotok.unified import Layout
 from infotok.unified_trainer import UnifiedTrainer
 from shared import train_lib
-from shared.errors import ConfigError
+from shared.errors import CheckpointError, ConfigError
 from shared.workdir import (
   cached_result,
   load_arrays,
@@ -28,9 +28,10 @@ from shared.workdir import (
   read_result,
   save_array,
   save_arrays,
-  save_params,
   write_result,
 )
+
+EXPORT = "tokenizer"  # a tokenizer sub-run's `infotok.save_tokenizer` folder
 
 
 def _redo(sub: str) -> str:
@@ -127,13 +128,24 @@ class Pipeline:
     if done is not None and os.path.exists(tokens_path):  # both, or train it again
       return done
     train = self.splits["train"]
-    arrays = {
-      "image": train["image"],
-      "target": train[cfg.tokenizer.target],
-      "caption": train.get("caption_ids_all", train["caption_ids"]),  # [N, K, L]: one per step
-    }
     stage = f"tokenizer/{name}"
-    params = self._timed(stage, lambda: tok.train(sub, self.workdir, stage, weights, arrays, seed))
+    trained = self._timed(
+      stage,
+      lambda: api.train_tokenizer(
+        train["image"],
+        train.get("caption_ids_all", train["caption_ids"]),  # [N, K, L]: one per step
+        targets=train[cfg.tokenizer.target],
+        weights=weights,
+        config=tok.cfg,
+        seed=seed,
+        text_vocab_size=len(self.text_tok),
+        workdir=sub,
+        log_dir=self.workdir,
+        stage=stage,
+        mesh=self.mesh,
+      ),
+    )
+    params = trained.params
     n = cfg.eval.num_recon
     result = {"name": name, "weights": weights, "overrides": overrides, "num_codes": tok.num_codes}
     for split in ("val", *self.eval_splits):
@@ -143,14 +155,21 @@ class Pipeline:
         save_array(os.path.join(sub, "recon_test.npy"), recon[: cfg.eval.grid_samples])
     tokens = {s: tok.tokens(params, self.splits[s]["image"]) for s in self.split_names}
     save_arrays(tokens_path, tokens)
-    save_params(os.path.join(sub, "params.npz"), params)
+    api.save_tokenizer(os.path.join(sub, EXPORT), trained)
     log_summary(name, result["val"])
     write_result(result_path, result)  # last: it marks the sub-run done
     return result
 
   def tokenizer_params(self, seed_dir: str, name: str):
+    """The params of a trained tokenizer, from its export (`infotok.load_tokenizer`)."""
     sub = os.path.join(seed_dir, "tokenizers", name)
-    return load_params(os.path.join(sub, "params.npz"), recover=_redo(sub))
+    old = os.path.join(sub, "params.npz")  # what runs before the export wrote instead
+    if not os.path.isdir(os.path.join(sub, EXPORT)) and os.path.isfile(old):
+      return load_params(old, recover=_redo(sub))
+    try:
+      return api.load_tokenizer(os.path.join(sub, EXPORT)).params
+    except CheckpointError as e:
+      raise CheckpointError(f"{e}; {_redo(sub)}") from None
 
   def tokens(self, seed_dir: str, name: str) -> dict[str, np.ndarray]:
     sub = os.path.join(seed_dir, "tokenizers", name)

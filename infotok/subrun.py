@@ -52,13 +52,28 @@ def train(
   batches: Callable[[int], Iterator[Mapping[str, np.ndarray]]],
   num_steps: int,
   data_sharding,
-  workdir: str,
-  log_dir: str,
+  workdir: str | None,
+  log_dir: str | None,
   stage: str,
 ) -> train_lib.TrainState:
   """One sub-run's training: resumable from `workdir/checkpoints` (the last one kept, every
   `cfg.checkpoint_every` steps), metrics rows tagged `stage` in `log_dir`'s metrics.jsonl every
-  `cfg.log_every` steps, no progress bar."""
+  `cfg.log_every` steps, no progress bar.
+
+  `workdir=None` (the Python API on arrays, `infotok.train_tokenizer`): the same loop with no
+  checkpoints and no metric files (nothing to resume; the NaN guard still runs).
+  """
+  if workdir is None:
+    return train_lib.train_loop(
+      state=state,
+      step_fn=step_fn,
+      batches=batches,
+      num_steps=num_steps,
+      data_sharding=data_sharding,
+      log_every=cfg.log_every,
+      progress=False,
+      stage=stage,
+    )
   return stages.run_stage(
     state=state,
     step_fn=step_fn,

@@ -116,12 +116,19 @@ class TokenizerTrainer:
     )
 
   def train(
-    self, workdir: str, log_dir: str, stage: str, weights: Mapping[str, float], arrays, seed: int
+    self,
+    workdir: str | None,
+    log_dir: str | None,
+    stage: str,
+    weights: Mapping[str, float],
+    arrays,
+    seed: int,
   ):
     """Trains one variant in `workdir` (resumable) and returns its params.
 
     Args:
-      log_dir: where metrics.jsonl is (rows tagged with `stage`).
+      workdir: its checkpoints; None keeps none (`subrun.train`).
+      log_dir: where metrics.jsonl is (rows tagged with `stage`); unused without a workdir.
       weights: the objective weights (see WEIGHT_NAMES); missing ones are 0.
       arrays: 'image', 'target', 'caption' of the training split ('caption' [N, K, L] holds K
         captions per image, one drawn per step: `text.pick_captions`).
