@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mcae import evaluate, methods
+from mcae import evaluate, methods, paired
 from mcae.protocols import parse_protocols
 from mcae.subrun import RunContext, run_subrun, subrun_folder
 from shared import data as data_lib
@@ -43,6 +43,9 @@ def _load_splits(config):
     s: data_lib.load(config.data.name, s, data_dir=data_dir, **options)
     for s in ("train", "val", "test")
   }
+
+
+REFERENCE = "mcae"  # the method the paired table compares with every other one
 
 
 def ceiling_gates(config, runs, protocols) -> list[dict]:
@@ -74,6 +77,12 @@ def write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder) -> 
   the folder holding a sub-run's `scores.npz` (`mcae.merge` points it at other workdirs)."""
   names = [p.name for p in protocols]
   rows = evaluate.summarise(runs, list(config.methods), names)
+  pairs = []
+  if REFERENCE in config.methods and len(config.methods) > 1:  # MCAE against every other method
+    others = [m for m in config.methods if m != REFERENCE]
+    pairs = paired.compare(
+      runs, protocols, REFERENCE, others, lambda s, p, m: folder_of(workdir, s, p, m)
+    )
   figures = []
   if jax.process_index() == 0:
     for proto in protocols:
@@ -100,6 +109,7 @@ def write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder) -> 
     ]
     if gate_lines:
       table = "**In-domain ceiling**\n\n" + "\n".join(gate_lines) + "\n\n" + table
+    table += "\n" + paired.markdown(pairs)
     write_text(os.path.join(workdir, "table.md"), table + "\n")
   means = {r["method"]: r for r in rows if r["protocol"] == evaluate.MEAN_ROW}
   metrics: dict = {}
@@ -122,6 +132,8 @@ def write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder) -> 
   gates = ceiling_gates(config, runs, protocols)
   if gates:
     metrics["gates"] = gates
+  if pairs:
+    metrics["paired"] = pairs
   write_json(os.path.join(workdir, "runs.json"), {"runs": runs})
   metrics["runs_file"] = "runs.json"
   metrics["protocols"] = names

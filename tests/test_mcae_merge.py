@@ -3,14 +3,27 @@ writes; mismatched or unfinished sources are refused with one line and exit code
 
 import json
 
+import numpy as np
 import pytest
 
 from configs.mcae import get_config
 from mcae import merge as merge_lib
+from mcae import paired
 from mcae.train import train_and_evaluate
 from shared import app
 
 HTERS = ("hter_eer", "hter_val", "auc")
+
+
+def test_weighted_errors_average_to_the_hter():
+  from shared.metrics import fas_metrics
+
+  rng = np.random.default_rng(0)
+  labels = rng.random(101) < 0.3
+  scores = rng.normal(size=101) + labels
+  for t in (-0.5, 0.2, 1.0):
+    items = paired.weighted_errors(scores, labels, t)
+    assert items.mean() == pytest.approx(fas_metrics(scores, labels, threshold=t)["hter"])
 
 
 def _run(workdir, seeds):
@@ -39,6 +52,20 @@ def test_merged_seeds_equal_one_run_over_them(tmp_path, capsys):
   table = (tmp_path / "m" / "table.md").read_text()
   assert "wall min" in table and "Frame HTER % at the threshold fixed on source val" in table
   assert (tmp_path / "m" / "roc_d1_d2_d3-to-d0.png").stat().st_size > 1000
+  pairs = merged["metrics"]["paired"]  # mcae against each other method, frame and video
+  others = [m for m in get_config("tiny").methods if m != "mcae"]
+  assert [(p["other"], p["level"]) for p in pairs] == [
+    (o, lv) for o in others for lv in paired.LEVELS
+  ]
+  for p in pairs:
+    assert p["seeds"] == [0, 1] and p["two_stage"]["lo"] <= p["two_stage"]["hi"]
+    metric = paired.LEVELS[p["level"]]
+    gap = merged["metrics"]["table"]  # the per-seed differences are the tables' HTER gaps
+    mean = {r["method"]: r for r in gap if r["held_out"] == "mean"}
+    want = np.subtract(mean["mcae"][f"{metric}_seeds"], mean[p["other"]][f"{metric}_seeds"])
+    np.testing.assert_allclose(p["per_seed"], want, atol=1e-9)
+    assert p["two_stage"]["mean"] == pytest.approx(np.mean(want), abs=1e-9)
+  assert "Paired differences in honest HTER" in table
 
   # Refusals: a seed twice, a source that is not a finished run, another config.
   for sources, needle in (
