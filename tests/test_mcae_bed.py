@@ -164,7 +164,7 @@ def test_summarise_mean_row_averages_protocols_within_seed():
     for protocol, v in (("a", 0.1), ("b", 0.3)):
       m = {k: v + offset for k in evaluate.METRICS}
       info = dict(params=1234, pretrain_steps=10, pretrain_batch_size=8, steps=20 + seed)
-      info.update(batch_size=4, examples_seen=160 + 4 * (20 + seed))
+      info.update(batch_size=4, examples_seen=160 + 4 * (20 + seed), wall_time_s=60.0 + 60 * seed)
       runs.append({"method": "m", "protocol": protocol, "seed": seed, **info, **m})
   rows = evaluate.summarise(runs, ["m"], ["a", "b"])
   mean = next(r for r in rows if r["protocol"] == "mean")
@@ -172,8 +172,8 @@ def test_summarise_mean_row_averages_protocols_within_seed():
   np.testing.assert_allclose(mean["hter_eer_std"], np.std([0.2, 0.3], ddof=1))
   table = evaluate.markdown_tables(rows, ["a", "b"])
   assert "| m | 15.0 ± 7.1 | 35.0 ± 7.1 | 25.0 ± 7.1 |" in table
-  # The parameter count and the compute (mean steps run x batch) beside the HTERs.
-  assert "| m | 1.2K | 10x8 + 20x4 | 242 | 25.0 ± 7.1 |" in table
+  # The parameter count, the compute (mean steps run x batch) and wall minutes beside the HTERs.
+  assert "| m | 1.2K | 10x8 + 20x4 | 242 | 1.5 | 25.0 ± 7.1 |" in table
 
 
 @pytest.mark.parametrize("variant, width", [(None, 4), ("compare", 64), ("paper", 64)])
