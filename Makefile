@@ -8,7 +8,7 @@ METHODS := mcae unlearnable gradflow_prune infotok
 RUNS ?= runs
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint format clean-runs
+.PHONY: test demo lint format clean-runs notebooks notebook-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# Only the notebooks (tests/test_notebooks.py); `make test` runs them too.
+notebooks: $(STAMP)
+	$(PY) -m pytest -q -m notebooks tests/test_notebooks.py $(PYTEST_ARGS)
+
+# Executes NB (e.g. NB=notebooks/infotok.ipynb) and saves it in place with its outputs.
+notebook-outputs: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make notebook-outputs NB=notebooks/<name>.ipynb"; exit 2; }
+	$(PY) -m tests.test_notebooks $(NB)
 
 # Runs each method's default config that exists yet, then writes $(RUNS)/REPORT.md.
 demo: $(STAMP)
