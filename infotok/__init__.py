@@ -7,7 +7,7 @@ The Python API (`infotok.api`), on arrays, without the command line or a workdir
     cfg.num_steps = 300
     base = infotok.train_tokenizer(images, config=cfg)                  # reconstruction only
     vib = infotok.train_tokenizer(
-      images, config=cfg, weights=infotok.variant_weights("vib_kl", 1e-2)  # + noise and KL
+      images, config=cfg, weights=infotok.variant_weights("vib_kl", 1e-3)  # + noise and KL
     )
     ids_BxN = vib.encode(images)            # int32 code ids, N = vib.num_tokens
     recon_BxHxWx3 = vib.decode(ids_BxN)     # float32 in [0, 1]

@@ -1,6 +1,6 @@
 """InfoTok's Python API on arrays: train a tokenizer, encode / decode with it, save and reload it.
 
-    tok = train_tokenizer(images, captions, weights=variant_weights("vib_kl", 1e-2), config=cfg)
+    tok = train_tokenizer(images, captions, weights=variant_weights("vib_kl", 1e-3), config=cfg)
     ids_BxN = tok.encode(images)          # int32 code ids, N = tok.num_tokens (reading order)
     recon_BxHxWx3 = tok.decode(ids_BxN)   # float32 in [0, 1]
     save_tokenizer("runs/tok", tok)       # params.safetensors + tokenizer.json
@@ -109,7 +109,7 @@ def _as_captions(captions, n: int, vocab: int | None) -> tuple[np.ndarray, int]:
   return ids.astype(np.int32, copy=False), vocab
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # params are arrays: identity, not elementwise ==
 class Tokenizer:
   """A trained tokenizer: its config, params and the shapes it was built for.
 

@@ -5,11 +5,12 @@
 Stages, each resumable (a finished one is read back from its `result.json`):
   1. text tokenizer (word level, built in the workdir) and the captions / questions / answers;
   2. the attribute judge, trained once on real renders (`judge/`), its ceiling on real test renders;
-  3. per seed (`seed_<s>/` when several): tokenizers in `tokenizers/<name>/`, per family (AR and
-     masked share the plain ones; the semantic style has its own, with the alignment term on):
-     the baseline and every point of each variant's sweep (`tokenizer_sweep`), the point of each
-     variant chosen on the validation split, then the rate-matched baseline at the chosen
-     InfoTok-VIB tokenizer's code perplexity;
+  3. per seed (`seed_<s>/` when several): tokenizers in `tokenizers/<name>/` (trained by
+     `infotok.train_tokenizer`, exported to `tokenizers/<name>/tokenizer/` for
+     `infotok.load_tokenizer`), per family (AR and masked share the plain ones; the semantic
+     style has its own, with the alignment term on): the baseline and every point of each
+     variant's sweep (`tokenizer_sweep`), the point of each variant chosen on the validation
+     split, then the rate-matched baseline at the chosen InfoTok-VIB tokenizer's code perplexity;
   4. per style x variant a unified model on the frozen tokenizer's codes (`unified/<style>_<v>/`),
      all with the same data and steps; understanding and generation on test and held-out;
   5. the information-plane plots (per family over the sweeps; per style over the variants,
