@@ -2,6 +2,7 @@
 writes; mismatched or unfinished sources are refused with one line and exit code 2."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -77,6 +78,23 @@ def test_merged_seeds_equal_one_run_over_them(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+  # --partial: an unfinished workdir (no results.json yet) gives its finished sub-runs; a
+  # protocol some method has not finished for some seed stays out.
+  unfinished = tmp_path / "s1_unfinished"
+  shutil.copytree(tmp_path / "s1", unfinished)
+  (unfinished / "results.json").unlink()
+  (unfinished / "runs.json").unlink()
+  merge_lib.main([str(tmp_path / "s0"), str(unfinished), "--out", str(tmp_path / "p"), "--partial"])
+  partial = json.loads((tmp_path / "p" / "results.json").read_text())
+  assert partial["metrics"]["table"] == merged["metrics"]["table"]
+  assert partial["missing_protocols"] == [] and not partial["merged_from"][1]["finished"]
+  next(unfinished.rglob("subrun.json")).unlink()
+  with pytest.raises(SystemExit):
+    merge_lib.main(
+      [str(tmp_path / "s0"), str(unfinished), "--out", str(tmp_path / "q"), "--partial"]
+    )
+  assert "no protocol finished for every method and seed" in capsys.readouterr().err
+
   other = json.loads((tmp_path / "s1" / "results.json").read_text())
   other["config"]["eval_batch_size"] += 1
   (tmp_path / "s1" / "results.json").write_text(json.dumps(other))
