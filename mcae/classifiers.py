@@ -4,7 +4,7 @@ Both classifiers output two logits (0 = spoof, 1 = live); the liveness score is
 logit_live - logit_spoof (higher = more live), the convention of `shared.metrics.fas_metrics`.
 Which layers train is a config choice (`train_blocks`): -1 all; k >= 0 the head, the encoder's
 final norm and its last k blocks (0 = a linear probe).
-Calling the module, `mcae.finetune(encoder, images, labels, ...)`, runs `mcae.api.finetune`.
+The Python API's `mcae.finetune(encoder, images, labels, ...)` (`mcae.api`) trains them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from mcae.augment import augment
-from mcae.pretrain import vit_kwargs
+from mcae.pretrain_loss import vit_kwargs
 from shared.data.convert import to_float
 from shared.errors import ConfigError
 from shared.models.resnet import ResNet18

@@ -7,7 +7,7 @@ One loss covers the three pre-trained methods of the comparison, by its weights:
 
 Params are {"backbone": ..., "projection": ...}; the backbone always has an "encoder" subtree, so
 `shared.models.vit.init_classifier_from_mae(classifier_params, params["backbone"])` fine-tunes it.
-Calling the module, `mcae.pretrain(images, labels, domains, ...)`, runs `mcae.api.pretrain`.
+The Python API's `mcae.pretrain(images, labels, domains, ...)` (`mcae.api`) trains with it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Pruning procedures: one-shot, and iterative progressive soft pruning along a gradient flow.
 
-Called, this module is the Python API's pruning call: `gradflow_prune.prune(params, unet_config,
-images_uint8, keep=0.7, procedure="gradflow" | "oneshot", criterion=...)` runs `api.prune` (the
-package makes the module callable, so `gradflow_prune.prune.iterative` etc. stay where they are).
+The Python API's `gradflow_prune.prune(params, unet_config, images_uint8, keep=..., procedure=...)`
+(`api.prune`) runs these on arrays.
 
 One-shot (Diff-Pruning's protocol): score the dense model once, keep the top `keep_ratio` of every
 channel group (per GroupNorm unit, `surgery.masks_from_scores`), remove, fine-tune for the whole
