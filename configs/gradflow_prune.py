@@ -148,7 +148,7 @@ def get_config(arg=None):
       # Dtype of scoring and the flow: float32 whatever run.dtype ("run": the run's, before
       # issue 16; in bf16 the masks' Euler steps below ~0.004 vanish near 1).
       score_dtype="float32",
-      # The iterative flow (prune.FlowConfig).
+      # The iterative flow (procedures.FlowConfig).
       iterations=2 if tiny else 10 if paper else 4 if (compare or cifar) else 3,
       n_flow=2 if tiny else 5 if gpu else 4,
       eta=0.05,

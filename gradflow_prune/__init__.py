@@ -9,13 +9,12 @@ Python API (arrays in, no workdir; `api.py`):
     pruned = gradflow_prune.load("pruned/")         # a PrunedUNet: .config, .params, .macs, .eps
 
 `params` / `unet_config`: a dense `shared.models.unet` U-Net (config dict, e.g.
-`unet.preset("tiny8")`); images [N, H, W, C] uint8 at its resolution. `gradflow_prune.prune` is
-also the module of the pruning procedures (`gradflow_prune.prune.iterative`, `.FlowConfig`, ...):
-the module is callable, so both spellings keep working.
+`unet.preset("tiny8")`); images [N, H, W, C] uint8 at its resolution. The procedures it runs
+(`procedures.oneshot`, `procedures.iterative`, `procedures.FlowConfig`) are in `procedures.py`.
 
 Modules: diffusion (DDPM loss, DDIM sampling), surgery (channel groups, masks, physical removal),
-criteria (random / magnitude / Taylor / GraSP-like scores), prune (one-shot and iterative soft
-pruning), evaluate (FD, SSIM to the teacher, params, MACs, latency, figures), torch_import
+criteria (random / magnitude / Taylor / GraSP-like scores), procedures (one-shot and iterative
+soft pruning), evaluate (FD, SSIM to the teacher, params, MACs, latency, figures), torch_import
 (diffusers `UNet2DModel` state dicts), unet_io (saved U-Net folders), toolkit (the jitted pieces
 of one U-Net config), inputs (splits and training batches), teacher (load or pre-train the dense
 U-Net), evaluator (FD features, reference statistics, the teacher's samples), plan (which runs),
@@ -25,30 +24,7 @@ pruning_run (one run, resumable), report (summary, claim, paired bootstrap, pool
 (benchmark cases).
 """
 
-import functools
-import inspect
-import types
-
-from gradflow_prune import api
-from gradflow_prune import prune as _procedures
-from gradflow_prune.api import sample, save
+from gradflow_prune.api import prune, sample, save
 from gradflow_prune.export import PrunedUNet, load
-
-
-class _CallableModule(types.ModuleType):
-  """`gradflow_prune.prune(...)` calls `api.prune`; its attributes stay the procedures module's.
-
-  The package's public call and its submodule share the name `prune`: binding the function to
-  the package would hide the module from `from gradflow_prune import prune` (used throughout).
-  """
-
-  @functools.wraps(api.prune)
-  def __call__(self, *args, **kwargs):
-    return api.prune(*args, **kwargs)
-
-
-_procedures.__class__ = _CallableModule
-_procedures.__signature__ = inspect.signature(api.prune)
-prune = _procedures
 
 __all__ = ["PrunedUNet", "load", "prune", "sample", "save"]

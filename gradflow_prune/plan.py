@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradflow_prune import criteria, prune
+from gradflow_prune import criteria, procedures
 from shared.errors import ConfigError
 
 ABLATIONS = {"lam0": dict(lam=0.0), "gamma0": dict(gamma=0.0), "k1": dict(iterations=1)}
@@ -16,8 +16,8 @@ def runs(config) -> list[tuple[str, str]]:
   ablations x ablation criteria. Checks every choice (ConfigError: one line, exit 2)."""
   pc = config.prune
   for p in pc.procedures:
-    if p not in prune.PROCEDURES:
-      raise ConfigError(f"unknown procedure {p!r}; known: {', '.join(prune.PROCEDURES)}")
+    if p not in procedures.PROCEDURES:
+      raise ConfigError(f"unknown procedure {p!r}; known: {', '.join(procedures.PROCEDURES)}")
   for a in pc.ablations:
     if a not in ABLATIONS:
       raise ConfigError(f"unknown ablation {a!r}; known: {', '.join(ABLATIONS)}")
@@ -27,7 +27,7 @@ def runs(config) -> list[tuple[str, str]]:
   if not pc.keep_ratios or not all(0 < r <= 1 for r in pc.keep_ratios):
     raise ConfigError(f"prune.keep_ratios must be in (0, 1], got {tuple(pc.keep_ratios)}")
   choices = {
-    "budget": BUDGETS, "rank_within": prune.RANK_WITHIN, "normalize": prune.NORMALIZE,
+    "budget": BUDGETS, "rank_within": procedures.RANK_WITHIN, "normalize": procedures.NORMALIZE,
     "grasp_protocol": criteria.GRASP_PROTOCOLS, "score_dtype": ("float32", "run"),
   }  # fmt: skip
   for field, known in choices.items():
@@ -41,10 +41,10 @@ def runs(config) -> list[tuple[str, str]]:
   return out
 
 
-def flow_config(config, procedure: str) -> prune.FlowConfig:
+def flow_config(config, procedure: str) -> procedures.FlowConfig:
   """The flow of 'iterative' or of an ablation 'iterative_<name>'; checked against the budget."""
   pc = config.prune
-  fc = prune.FlowConfig(
+  fc = procedures.FlowConfig(
     iterations=pc.iterations,
     n_flow=pc.n_flow,
     eta=pc.eta,
@@ -56,7 +56,7 @@ def flow_config(config, procedure: str) -> prune.FlowConfig:
     normalize=pc.normalize,
   )
   if procedure != "iterative":
-    fc = prune.FlowConfig(**{**fc.__dict__, **ABLATIONS[procedure.split("_", 1)[1]]})
+    fc = procedures.FlowConfig(**{**fc.__dict__, **ABLATIONS[procedure.split("_", 1)[1]]})
   if pc.budget == "total" and fc.iterations * fc.n_train > pc.total_steps:
     raise ConfigError(
       f"{procedure}: iterations x n_train = {fc.iterations * fc.n_train} exceeds "

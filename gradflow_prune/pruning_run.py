@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_prune import criteria, diffusion, export, inputs, plan, prune, surgery
+from gradflow_prune import criteria, diffusion, export, inputs, plan, procedures, surgery
 from gradflow_prune.toolkit import Toolkit, toolkit
 from shared import data as data_lib
 from shared import stages, train_lib
@@ -63,7 +63,7 @@ def importance_fn(config, kit: Toolkit, groups, train01, seed):
       groups,
       params,
       scorer=kit.scorer,
-      masks=prune.soft_masks_as_jnp(masks),
+      masks=procedures.soft_masks_as_jnp(masks),
       taylor_batch=(batches[0][0], batches[0][2]),
       taylor_timesteps=timesteps,
       taylor_thr=pc.taylor_thr,
@@ -123,7 +123,7 @@ def iterative_masks(config, run, kit: Toolkit, t_params, groups, score, train01,
 
   def train(state, masks, k):
     # Placed like the rest of the state, so the jitted step sees the same input types.
-    masks = jax.device_put(prune.soft_masks_as_jnp(masks), masks_sharding)
+    masks = jax.device_put(procedures.soft_masks_as_jnp(masks), masks_sharding)
     state = state.replace(model_state={"masks": masks})
     return train_lib.train_loop(
       state=state,
@@ -148,13 +148,13 @@ def iterative_masks(config, run, kit: Toolkit, t_params, groups, score, train01,
       row["mean_mask_kept"],
     )  # fmt: skip
 
-  masks, state, history = prune.iterative(
+  masks, state, history = procedures.iterative(
     groups=groups,
     criterion=run["criterion"],
     state=state,
     params_of=lambda s: jax.device_get(s.params),
     score=score,
-    removal=prune.removal_from_importance,
+    removal=procedures.removal_from_importance,
     grad_fn=kit.scorer.mask_grads,
     flow_batch=lambda k: score_batches(config, train01, seed, 1000 + k, kit.sched)[0],
     train=train,

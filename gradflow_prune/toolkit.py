@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradflow_prune import criteria, diffusion, prune
+from gradflow_prune import criteria, diffusion, procedures
 from shared import stages, train_lib
 from shared.errors import ConfigError
 from shared.models import unet
@@ -79,7 +79,7 @@ class Toolkit:
   def make_state(self, params, opt_cfg, num_steps, rng, masks=None):
     """A sharded TrainState and its jitted step (masks, when given, live in model_state)."""
     tx, loss_fn, steps = self.trainer(opt_cfg, num_steps, masks is not None)
-    model_state = {} if masks is None else {"masks": prune.soft_masks_as_jnp(masks)}
+    model_state = {} if masks is None else {"masks": procedures.soft_masks_as_jnp(masks)}
     state = train_lib.TrainState.create(
       # A copy: the jitted step donates its state, and `params` may be the teacher's device
       # arrays, which every later run starts from (on a GPU they would be deleted).

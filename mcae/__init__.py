@@ -27,35 +27,12 @@ The Python API, on arrays (images uint8 [N, H, W, C], labels 1 = live, domain id
 
 `key=s` (an int) reproduces the CLI's sub-run of seed s with the same config.
 
-`mcae.pretrain` and `mcae.finetune` are also the modules mcae/pretrain.py and mcae/finetune.py
-(the losses and models; `from mcae import pretrain` keeps giving them): calling either module
-calls the API function of its name (`mcae.api.pretrain`, `mcae.api.finetune`).
+The pre-training model and loss are in `mcae.pretrain_loss`, the classifiers (ViT, ResNet-18)
+and their fine-tuning loss in `mcae.classifiers`, the training loops in `mcae.fit`.
 """
 
-import inspect
-import types
-
-from mcae import api
-from mcae import finetune as _finetune_module
-from mcae import pretrain as _pretrain_module
-from mcae.api import Classifier, Encoder, features, score
+from mcae.api import Classifier, Encoder, features, finetune, pretrain, score
 from mcae.export import load_encoder, save_encoder
-
-
-class _CallableModule(types.ModuleType):
-  """A module whose call is an API function: `mcae.pretrain(images, ...)` beside
-  `mcae.pretrain.make_loss`, so the submodule and the API call can share the name."""
-
-  def __call__(self, *args, **kwargs):
-    return self.__api_call__(*args, **kwargs)
-
-
-for _module, _fn in ((_pretrain_module, api.pretrain), (_finetune_module, api.finetune)):
-  _module.__class__ = _CallableModule
-  _module.__api_call__ = _fn
-  _module.__signature__ = inspect.signature(_fn)  # what help() / Jupyter's `?` show for a call
-pretrain, finetune = _pretrain_module, _finetune_module
-del _module, _fn
 
 __all__ = [
   "Classifier",

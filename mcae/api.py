@@ -148,7 +148,7 @@ def finetune(
 
   From an encoder: the ViT classifier (mean-pooled tokens, zero-initialised 2-way head) takes
   its weights and trains `finetune.train_blocks` of them for at most `finetune.num_steps` steps
-  with `finetune.optimizer`; the model config is the encoder's. From scratch (None, method
+  with `classifiers.optimizer`; the model config is the encoder's. From scratch (None, method
   "vit_scratch", or a "resnet18_w<k>"): `baselines.scratch_optimizer` (ResNet: `resnet.*`) for
   at most `baselines.supervised_steps`. With `val`, training runs to convergence as the CLI's
   does: every `convergence.eval_every` steps val is scored, the params with the best AUC kept,

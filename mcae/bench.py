@@ -13,7 +13,7 @@ import copy
 import jax
 import jax.numpy as jnp
 
-from mcae import pretrain
+from mcae import pretrain_loss
 from shared import train_lib
 from shared.benchmark import Case, breakdown
 from shared.errors import ConfigError
@@ -44,8 +44,8 @@ def pretrain_case(config, name: str, batch_size: int | None, supcon_weight: floa
   batch_size = batch_size or cfg.pretrain.batch_size
   dtype = train_lib.compute_dtype(cfg.run.dtype)
   image_shape = _image_shape(cfg)
-  init = pretrain.init_params(cfg.model, cfg.pretrain, dtype, image_shape)
-  loss = pretrain.make_loss(
+  init = pretrain_loss.init_params(cfg.model, cfg.pretrain, dtype, image_shape)
+  loss = pretrain_loss.make_loss(
     cfg.model, cfg.pretrain, dtype, num_domains=NUM_DOMAINS, num_attacks=NUM_ATTACKS
   )
   tx = train_lib.make_optimizer(cfg.pretrain.optimizer, cfg.pretrain.num_steps)
@@ -78,7 +78,8 @@ def pretrain_case(config, name: str, batch_size: int | None, supcon_weight: floa
       "patch": cfg.model.patch_size,
       "mask_ratio": cfg.pretrain.mask_ratio,
       "decoder_depth": cfg.pretrain.decoder_depth,
-      "attention": pretrain.attention_impl(cfg.model.get("attention_impl", ""), dtype) or "xla",
+      "attention": pretrain_loss.attention_impl(cfg.model.get("attention_impl", ""), dtype)
+      or "xla",
       "params": int(n_params),
     },
   )

@@ -25,7 +25,7 @@ import numpy as np
 from flax import traverse_util
 
 from mcae.api import Encoder
-from mcae.pretrain import MaskedEncoder, vit_kwargs
+from mcae.pretrain_loss import MaskedEncoder, vit_kwargs
 from shared.errors import DataError
 
 FORMAT, VERSION = "mcae-encoder", 1

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcae import evaluate
-from mcae.pretrain import MaskedEncoder, vit_kwargs
+from mcae.pretrain_loss import MaskedEncoder, vit_kwargs
 from shared import stages, train_lib
 from shared.data.convert import to_float
 

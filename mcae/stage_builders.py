@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import jax
 import ml_collections
 
-from mcae import finetune, pretrain
+from mcae import classifiers, pretrain_loss
 from shared import stages, train_lib
 
 if TYPE_CHECKING:
@@ -67,8 +67,8 @@ def pretrain_stage(ctx: RunContext, mcfg, pretrain_cfg) -> Stage:
 
   def build():
     return _build_stage(
-      pretrain.init_params(mcfg.model, pretrain_cfg, dtype, ctx.image_shape),
-      pretrain.make_loss(
+      pretrain_loss.init_params(mcfg.model, pretrain_cfg, dtype, ctx.image_shape),
+      pretrain_loss.make_loss(
         mcfg.model, pretrain_cfg, dtype, num_domains=ctx.num_domains, num_attacks=ctx.num_attacks
       ),
       train_lib.make_optimizer(pretrain_cfg.optimizer, pretrain_cfg.num_steps),
@@ -99,10 +99,10 @@ def classifier_stage(ctx: RunContext, mcfg, name: str, pretrained: bool) -> Clas
   if kind == "resnet18":
     model_cfg, loss_cfg = {"width": mcfg.method_table[name].width}, mcfg.resnet
     opt_cfg, num_steps, train_blocks = mcfg.resnet.optimizer, mcfg.baselines.supervised_steps, -1
-    model = finetune.resnet18(model_cfg["width"], dtype)
+    model = classifiers.resnet18(model_cfg["width"], dtype)
   else:
     model_cfg, loss_cfg = mcfg.model, mcfg.finetune
-    model = finetune.vit_classifier(mcfg.model, dtype)
+    model = classifiers.vit_classifier(mcfg.model, dtype)
     if pretrained:
       opt_cfg, num_steps = mcfg.finetune.optimizer, mcfg.finetune.num_steps
       train_blocks = mcfg.finetune.train_blocks
@@ -113,13 +113,13 @@ def classifier_stage(ctx: RunContext, mcfg, name: str, pretrained: bool) -> Clas
   def build():
     base_tx = train_lib.make_optimizer(opt_cfg, num_steps)
     return _build_stage(
-      finetune.init_params(model, ctx.image_shape),
-      finetune.make_loss(model, loss_cfg),
-      finetune.optimizer(base_tx, mcfg.model, train_blocks),
+      classifiers.init_params(model, ctx.image_shape),
+      classifiers.make_loss(model, loss_cfg),
+      classifiers.optimizer(base_tx, mcfg.model, train_blocks),
       ctx.mesh,
       ctx.data_sharding,
       ctx.config.run.fsdp,
-      score_fn=finetune.make_score(model),
+      score_fn=classifiers.make_score(model),
     )
 
   key = stages.stage_key(

@@ -22,7 +22,7 @@ import time
 import jax
 import ml_collections
 
-from mcae import evaluate, finetune, fit, methods, stage_builders
+from mcae import classifiers, evaluate, fit, methods, stage_builders
 from mcae.mechanism import live_feature_check
 from mcae.protocols import Protocol, select
 from shared.workdir import cached_result, save_arrays
@@ -120,7 +120,7 @@ def _train_and_score(ctx: RunContext, spec: str, seed: int, proto: Protocol, spl
       evaluate.video_keys(source_val),
       evaluate.video_keys(target_test),
     ),
-    "params": finetune.num_params(params),
+    "params": classifiers.num_params(params),
     "selected_step": trained.selected_step,
     **_compute(pre_cfg, steps_run, plan),
     **mechanism,

@@ -6,7 +6,7 @@ import pytest
 
 import gradflow_prune
 from configs import gradflow_prune as config_file
-from gradflow_prune import export
+from gradflow_prune import export, procedures
 from shared.errors import ConfigError, DataError, UserError
 from shared.models import unet
 from tests import background
@@ -66,11 +66,10 @@ def test_gradflow_procedure_gives_the_same_widths_and_other_weights(bed):
   assert any(not np.array_equal(x, y) for x, y in zip(a, b, strict=True))  # ...trained between
 
 
-def test_the_prune_module_is_both_the_call_and_the_procedures():
-  from gradflow_prune import prune
+def test_the_api_call_and_the_procedures_module_are_apart():
+  from gradflow_prune import api
 
-  assert prune is gradflow_prune.prune and callable(prune)
-  assert prune.FlowConfig().iterations == 4 and "keep" in str(prune.__signature__)
+  assert gradflow_prune.prune is api.prune and procedures.FlowConfig().iterations == 4
 
 
 def test_bad_input_is_a_one_line_user_error(bed, tmp_path):

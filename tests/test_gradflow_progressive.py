@@ -4,7 +4,7 @@ rule only when hardening), the criterion term normalised per group, scoring dtyp
 import numpy as np
 import pytest
 
-from gradflow_prune import plan, prune, surgery
+from gradflow_prune import plan, procedures, surgery
 from shared.errors import ConfigError
 from shared.models import unet
 
@@ -39,14 +39,14 @@ def _run(rank_within, normalize="group", iterations=3, keep=0.7, gamma=0.5, flip
       record.append({n: np.asarray(v) > gamma + 1e-6 for n, v in masks.items()})
     return state
 
-  cfg = prune.FlowConfig(
+  cfg = procedures.FlowConfig(
     iterations=iterations, n_flow=4, eta=0.05, lam=1.0, gamma=gamma, n_train=1,
     rank_within=rank_within, normalize=normalize,
   )  # fmt: skip
-  hard, _, history = prune.iterative(
+  hard, _, history = procedures.iterative(
     groups=groups, criterion="magnitude", state=None, params_of=lambda s: s,
     score=lambda c, p, m, k: ({n: sign(k) * v for n, v in scores.items()}, {}),
-    removal=prune.removal_from_importance,
+    removal=procedures.removal_from_importance,
     grad_fn=grad_fn, flow_batch=lambda k: (None, None, None), train=train, keep_ratio=keep, cfg=cfg,
   )  # fmt: skip
   return groups, hard, history
@@ -55,7 +55,7 @@ def _run(rank_within, normalize="group", iterations=3, keep=0.7, gamma=0.5, flip
 def test_the_units_of_this_model_collapse_the_per_unit_schedule():
   groups = surgery.channel_groups(UNIT3)
   assert {g.unit for g in groups if g.kind in ("stream", "inner")} == {3, 6}
-  s_1, s_2 = (prune.budget_sparsity(k, 3, 0.3, 3.0) for k in (1, 2))
+  s_1, s_2 = (procedures.budget_sparsity(k, 3, 0.3, 3.0) for k in (1, 2))
   unit3 = next(g.name for g in groups if g.unit == 3)
   unit6 = next(g.name for g in groups if g.unit == 6)
   # Rounded per unit, iteration 1's keep count is already the final one for units of 3 (2 of 3),
@@ -89,7 +89,9 @@ def test_group_ranking_makes_the_keep_set_change_across_iterations():
   kept = [h["kept"] for h in history]
   total = groups.num_channels()
   want = [
-    sum(int(np.floor((1 - prune.budget_sparsity(k, 3, 0.3, 3.0)) * g.size + 0.5)) for g in groups)
+    sum(
+      int(np.floor((1 - procedures.budget_sparsity(k, 3, 0.3, 3.0)) * g.size + 0.5)) for g in groups
+    )
     for k in (1, 2, 3)
   ]
   assert kept == want and kept[0] > kept[1] >= kept[2]  # progressive: 79%, 71%, 70% kept
@@ -117,7 +119,7 @@ def test_keep_per_group_ignores_units_and_breaks_ties_by_score():
   g = groups["conv_in.out"]
   masks = {n.name: np.ones(n.size) for n in groups}
   tie = {n.name: np.arange(n.size, dtype=float) for n in groups}
-  keep = prune.keep_per_group(groups, masks, 0.5, tie)
+  keep = procedures.keep_per_group(groups, masks, 0.5, tie)
   np.testing.assert_array_equal(np.flatnonzero(keep[g.name]), np.arange(g.size // 2, g.size))
   counts = keep[g.name].reshape(-1, g.unit).sum(-1)
   assert counts.min() != counts.max()  # not balanced per unit: allowed while soft
@@ -129,7 +131,7 @@ def test_criterion_term_is_normalised_within_each_group():
   # Scores of very different scales per group, as GraSP's products across depth.
   removal = {g.name: rng.normal(size=g.size) * 10.0 ** rng.integers(-4, 4) for g in groups}
   dl_dm = {g.name: rng.normal(size=g.size) * 10.0 ** rng.integers(-3, 1) for g in groups}
-  s_hat = prune.normalized_removal_per_group(removal, groups, dl_dm)
+  s_hat = procedures.normalized_removal_per_group(removal, groups, dl_dm)
   for g in groups:
     if g.size == 1:
       continue
@@ -137,7 +139,7 @@ def test_criterion_term_is_normalised_within_each_group():
     np.testing.assert_allclose(np.abs(s_hat[g.name]).mean(), np.abs(dl_dm[g.name]).mean(), 1e-5)
     np.testing.assert_allclose(np.argsort(s_hat[g.name]), np.argsort(removal[g.name]))
   # Over all groups at once (the old setting) a group of small scores is flattened to ~0.
-  flat = prune.normalized_removal(removal, groups, 1.0)
+  flat = procedures.normalized_removal(removal, groups, 1.0)
   spread = [np.ptp(flat[g.name]) for g in groups if g.size > 1]
   assert min(spread) < 1e-3 * max(spread)
 

@@ -15,7 +15,7 @@ from gradflow_prune import (
   diffusion,
   evaluate,
   plan,
-  prune,
+  procedures,
   surgery,
   toolkit,
   torch_import,
@@ -163,17 +163,17 @@ def test_soft_mask_flow_descends_the_energy(setup):
   removal = {g.name: np.random.default_rng(1).normal(size=g.size) for g in groups}
   _, dm = s["scorer"].mask_grads(s["params"], ones, *s["batch"])
   scale = float(np.mean(np.abs(np.concatenate([v for v in dm.values()]))))
-  s_hat = prune.normalized_removal(removal, groups, scale)
+  s_hat = procedures.normalized_removal(removal, groups, scale)
   flat = np.concatenate([s_hat[g] for g in groups.names])
   assert abs(flat.mean()) < 1e-9 and np.isclose(np.abs(flat).mean(), scale)
-  masks, energies = prune.flow(
+  masks, energies = procedures.flow(
     ones, s["scorer"].mask_grads, s["params"], s["batch"], s_hat, groups, lam=1.0, eta=0.02,
     n_flow=4,
   )  # fmt: skip
   assert len(energies) == 5 and all(b <= a for a, b in zip(energies, energies[1:], strict=False))
   assert energies[-1] < energies[0]
   # A step far too large is rejected (eta halved) rather than let the energy rise.
-  _, big = prune.flow(
+  _, big = procedures.flow(
     ones, s["scorer"].mask_grads, s["params"], s["batch"], s_hat, groups, lam=1.0, eta=1.0,
     n_flow=3,
   )  # fmt: skip
@@ -181,7 +181,7 @@ def test_soft_mask_flow_descends_the_energy(setup):
   for g in groups:
     assert np.all((masks[g.name] >= 0) & (masks[g.name] <= 1))
   # A strong criterion term drives the masks of the highest-S channels down first.
-  strong, _ = prune.flow(
+  strong, _ = procedures.flow(
     ones, s["scorer"].mask_grads, s["params"], s["batch"], s_hat, groups, lam=100.0, eta=0.05,
     n_flow=2,
   )  # fmt: skip
@@ -196,10 +196,10 @@ def test_iterative_follows_the_sparsity_schedule(setup, rank_within):
   since issue 16) or per GroupNorm unit (the earlier behaviour); hardening is per unit."""
   s = setup
   groups, keep_ratio = s["groups"], 0.5
-  cfg = prune.FlowConfig(
+  cfg = procedures.FlowConfig(
     iterations=4, n_flow=1, eta=0.05, lam=1.0, gamma=0.5, n_train=1, rank_within=rank_within
   )
-  sparsities = [prune.budget_sparsity(k, 4, 1 - keep_ratio, 3.0) for k in range(0, 5)]
+  sparsities = [procedures.budget_sparsity(k, 4, 1 - keep_ratio, 3.0) for k in range(0, 5)]
   assert sparsities[0] == 0 and np.isclose(sparsities[-1], 1 - keep_ratio)
   assert all(b > a for a, b in zip(sparsities, sparsities[1:], strict=False))
   kept_counts, trained = [], []
@@ -210,10 +210,10 @@ def test_iterative_follows_the_sparsity_schedule(setup, rank_within):
     kept_counts.append(sum(int(np.sum(masks[g.name] > 0.6)) for g in groups))
     return state
 
-  hard, state, history = prune.iterative(
+  hard, state, history = procedures.iterative(
     groups=groups, criterion="magnitude", state=s["params"], params_of=lambda p: p,
     score=lambda c, p, m, k: criteria.importance(c, groups, p),
-    removal=prune.removal_from_importance, grad_fn=s["scorer"].mask_grads,
+    removal=procedures.removal_from_importance, grad_fn=s["scorer"].mask_grads,
     flow_batch=lambda k: s["batch"], train=train_stub, keep_ratio=keep_ratio, cfg=cfg,
   )  # fmt: skip
   assert trained == [1, 2, 3, 4] and [h["sparsity"] for h in history] == sparsities[1:]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs.mcae import get_config
-from mcae import finetune, methods, pretrain
+from mcae import classifiers, methods, pretrain_loss
 from mcae.supcon import positive_groups, supcon_loss
 from shared import config_utils, train_lib
 from shared.data import fas_proxy
@@ -105,7 +105,7 @@ def run_backbone(mae_weight):
   """The pre-training backbone on a batch, on the batch with its masked patches replaced, and on
   the batch with its kept patches replaced (same key, so the same mask)."""
   cfg = tiny_config(mae_weight=mae_weight, mask_ratio=0.75)
-  net = pretrain.backbone(cfg.model, cfg.pretrain, jnp.float32)
+  net = pretrain_loss.backbone(cfg.model, cfg.pretrain, jnp.float32)
   x = images()  # 16 patches of 4x4; K = 4 kept
   key = jax.random.PRNGKey(3)
   params = jax.jit(net.init)(jax.random.PRNGKey(0), x, key)["params"]
@@ -158,11 +158,13 @@ def test_pretrain_loss_weights_select_the_terms():
   expected[(0.0, 1.0)] = {"supcon_loss"}
   for (mae_weight, supcon_weight), terms in expected.items():
     cfg = tiny_config(mae_weight=mae_weight, supcon_weight=supcon_weight)
-    init = pretrain.init_params(cfg.model, cfg.pretrain, jnp.float32, (16, 16, 3))
+    init = pretrain_loss.init_params(cfg.model, cfg.pretrain, jnp.float32, (16, 16, 3))
     params, _ = jax.eval_shape(init, jax.random.PRNGKey(0))
     assert ("projection" in params) == (supcon_weight > 0)
     assert ("decoder" in params["backbone"]) == (mae_weight > 0)
-    loss_fn = pretrain.make_loss(cfg.model, cfg.pretrain, jnp.float32, num_domains=4, num_attacks=3)
+    loss_fn = pretrain_loss.make_loss(
+      cfg.model, cfg.pretrain, jnp.float32, num_domains=4, num_attacks=3
+    )
     loss, (metrics, _) = jax.eval_shape(loss_fn, params, {}, batch, jax.random.PRNGKey(1))
     assert set(metrics) == terms and loss.shape == ()
 
@@ -174,11 +176,11 @@ def test_pretrain_loss_weights_select_the_terms():
 def test_frozen_layers_get_no_update():
   cfg = tiny_config()
   cfg.model.depth = 2
-  model = finetune.vit_classifier(cfg.model, jnp.float32)
+  model = classifiers.vit_classifier(cfg.model, jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images(2), train=False))
   params = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes["params"])
   base = train_lib.make_optimizer(cfg.finetune.optimizer, 10)
-  tx = finetune.optimizer(base, cfg.model, train_blocks=1)
+  tx = classifiers.optimizer(base, cfg.model, train_blocks=1)
   grads = jax.tree.map(jnp.ones_like, params)
   opt_state = jax.jit(tx.update)(grads, tx.init(params), params)[1]  # warm-up's first lr is 0
   updates, _ = jax.jit(tx.update)(grads, opt_state, params)
@@ -188,7 +190,7 @@ def test_frozen_layers_get_no_update():
   assert not any(jax.tree.leaves(enc["block_0"])) and not enc["patch_embed"]["kernel"]
   assert not enc["cls_token"]
   with pytest.raises(ConfigError, match="train_blocks"):
-    finetune.trainable_labels(params, 3, depth=2)
+    classifiers.trainable_labels(params, 3, depth=2)
 
 
 def test_method_specs_and_overrides():
@@ -221,8 +223,10 @@ def test_method_specs_and_overrides():
 def test_sharded_pretrain_step_equals_single_device_step():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 virtual CPU devices"
   cfg = tiny_config(supcon_weight=0.5)
-  init = pretrain.init_params(cfg.model, cfg.pretrain, jnp.float32, (16, 16, 3))
-  loss_fn = pretrain.make_loss(cfg.model, cfg.pretrain, jnp.float32, num_domains=4, num_attacks=3)
+  init = pretrain_loss.init_params(cfg.model, cfg.pretrain, jnp.float32, (16, 16, 3))
+  loss_fn = pretrain_loss.make_loss(
+    cfg.model, cfg.pretrain, jnp.float32, num_domains=4, num_attacks=3
+  )
   # Plain SGD: the update is the gradient itself, so the comparison is not blurred by Adam's
   # normalisation of near-zero gradients (reduction order differs between the two meshes).
   sgd = config_utils.optimizer_config(name="sgd", lr=0.5, momentum=0.0, schedule="constant")
@@ -340,8 +344,8 @@ def test_every_variant_builds_its_stages(variant):
       continue  # the ablations only change values; their specs were parsed above
     if cfg.method_table[base].pretrain is not None:
       pcfg = methods.pretrain_config(mcfg, base)
-      params, _ = jax.eval_shape(pretrain.init_params(mcfg.model, pcfg, dtype, shape), KEY)
-      loss_fn = pretrain.make_loss(mcfg.model, pcfg, dtype, num_domains=4, num_attacks=3)
+      params, _ = jax.eval_shape(pretrain_loss.init_params(mcfg.model, pcfg, dtype, shape), KEY)
+      loss_fn = pretrain_loss.make_loss(mcfg.model, pcfg, dtype, num_domains=4, num_attacks=3)
       loss, _ = jax.eval_shape(loss_fn, params, {}, batch, KEY)
       assert loss.shape == ()
       jax.eval_shape(train_lib.make_optimizer(pcfg.optimizer, pcfg.num_steps).init, params)
@@ -350,16 +354,16 @@ def test_every_variant_builds_its_stages(variant):
       continue
     seen.add(is_resnet)
     if is_resnet:
-      model = finetune.resnet18(cfg.method_table[base].width, dtype)
+      model = classifiers.resnet18(cfg.method_table[base].width, dtype)
     else:
-      model = finetune.vit_classifier(mcfg.model, dtype)
-    params, state = jax.eval_shape(finetune.init_params(model, shape), KEY)
+      model = classifiers.vit_classifier(mcfg.model, dtype)
+    params, state = jax.eval_shape(classifiers.init_params(model, shape), KEY)
     blocks = -1 if is_resnet else mcfg.finetune.train_blocks
     opt_cfg = mcfg.resnet.optimizer if is_resnet else mcfg.finetune.optimizer
     base_tx = train_lib.make_optimizer(opt_cfg, mcfg.baselines.supervised_steps)
-    tx = finetune.optimizer(base_tx, mcfg.model, blocks)
+    tx = classifiers.optimizer(base_tx, mcfg.model, blocks)
     jax.eval_shape(tx.init, params)
-    loss, _ = jax.eval_shape(finetune.make_loss(model, mcfg.finetune), params, state, batch, KEY)
+    loss, _ = jax.eval_shape(classifiers.make_loss(model, mcfg.finetune), params, state, batch, KEY)
     assert loss.shape == ()
   if variant == "paper":
     assert (cfg.model.size, cfg.model.patch_size, side) == ("B", 16, 224)

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs.mcae import get_config
-from mcae import evaluate, finetune, mechanism, train
+from mcae import classifiers, evaluate, mechanism, train
 from mcae.protocols import parse_protocols
 from shared.errors import ConfigError, DataError
 
@@ -183,7 +183,7 @@ def test_resnet_baseline_is_named_by_its_width(variant, width):
   cfg = get_config(variant)
   resnets = [m for m in cfg.methods if cfg.method_table[m].classifier == "resnet18"]
   assert resnets == [f"resnet18_w{width}"] and cfg.method_table[resnets[0]].width == width
-  model = finetune.resnet18(width, jnp.float32)
-  params, _ = jax.eval_shape(finetune.init_params(model, (32, 32, 3)), KEY)
-  count = finetune.num_params(params)
+  model = classifiers.resnet18(width, jnp.float32)
+  params, _ = jax.eval_shape(classifiers.init_params(model, (32, 32, 3)), KEY)
+  count = classifiers.num_params(params)
   assert (30_000 < count < 60_000) if width == 4 else (10_000_000 < count < 12_000_000)
