@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 METHODS := mcae unlearnable gradflow_prune infotok
 RUNS ?= runs
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core, at most 4 (each holds its own JAX and compile
+# caches; 0 = in one process). Whole files go to one worker (--dist loadfile), so a module's
+# fixtures and its background CLI run are made once.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: test demo lint format clean-runs notebooks notebook-outputs
 
@@ -18,7 +22,7 @@ $(STAMP): pyproject.toml
 
 # pytest exits 5 when it collects no tests: say so plainly instead of failing obscurely.
 test: $(STAMP)
-	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 # Only the notebooks (tests/test_notebooks.py); `make test` runs them too.
