@@ -18,11 +18,9 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
-from flax import traverse_util
 
 from gradflow_prune import diffusion, evaluate, surgery
-from shared import stages, workdir
+from shared import stages, tensor_files, workdir
 from shared.errors import CheckpointError
 from shared.models import unet
 
@@ -45,21 +43,8 @@ def save(directory: str, model_config: dict, params, *, schedule: dict, sampler:
     sampler: DDIM settings (ddim_steps, skip, eta, clip_x0).
     extra: provenance (keep ratio, procedure, criterion, seed, metrics...).
   """
-  from safetensors.numpy import save_file  # noqa: PLC0415
-
-  tensors = _tensors(params)
   meta = metadata(model_config, params, schedule=schedule, sampler=sampler, extra=extra)
-  if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{WEIGHTS}.tmp")
-    save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(directory, WEIGHTS))
-  workdir.write_json(os.path.join(directory, META), meta)
-
-
-def _tensors(params) -> dict[str, np.ndarray]:
-  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  return {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in flat.items()}
+  tensor_files.write(directory, WEIGHTS, params, META, meta)
 
 
 def metadata(model_config: dict, params, *, schedule: dict, sampler: dict,
@@ -69,7 +54,7 @@ def metadata(model_config: dict, params, *, schedule: dict, sampler: dict,
     "format": FORMAT,
     "unet": model_config,
     "channels": {g.name: g.size for g in surgery.channel_groups(model_config)},
-    "params": int(sum(v.size for v in _tensors(params).values())),
+    "params": int(sum(v.size for v in tensor_files.flat_float32(params).values())),
     "schedule": dict(schedule),
     "sampler": dict(sampler),
     **({"provenance": extra} if extra else {}),
@@ -163,9 +148,6 @@ def load(directory: str) -> PrunedUNet:
     ExportError: no such folder or files, a foreign unet.json, or tensors whose names or shapes
       disagree with its config and channel counts.
   """
-  from safetensors import SafetensorError  # noqa: PLC0415
-  from safetensors.numpy import load_file  # noqa: PLC0415
-
   meta_path, weights_path = os.path.join(directory, META), os.path.join(directory, WEIGHTS)
   if not (os.path.isfile(meta_path) and os.path.isfile(weights_path)):
     raise ExportError(f"{directory} holds no exported U-Net ({META} + {WEIGHTS})")
@@ -178,7 +160,7 @@ def load(directory: str) -> PrunedUNet:
   try:
     model = unet.from_config_dict(meta["unet"])
     groups = surgery.channel_groups(model)
-    abstract = traverse_util.flatten_dict(unet.abstract_params(model), sep="/")
+    abstract = unet.abstract_params(model)
   except Exception as e:  # a hand-edited or foreign config: say which file
     raise ExportError(f"{meta_path}: its U-Net config is invalid: {e}") from None
   channels = {g.name: g.size for g in groups}
@@ -188,18 +170,5 @@ def load(directory: str) -> PrunedUNet:
     raise ExportError(
       f"{meta_path}: channel counts disagree with its U-Net config at {', '.join(bad[:3])}"
     )
-  try:
-    tensors = load_file(weights_path)
-  except (SafetensorError, OSError) as e:
-    raise ExportError(f"cannot read {weights_path}: {e}") from None
-  want = {k: tuple(v.shape) for k, v in abstract.items()}
-  got = {k: tuple(v.shape) for k, v in tensors.items()}
-  if want != got:
-    names = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    k = names[0]
-    raise ExportError(
-      f"{weights_path} disagrees with {META}: {k} is {got.get(k, 'missing')}, the config says "
-      f"{want.get(k, 'no such tensor')} ({len(names)} tensor(s) differ)"
-    )
-  params = traverse_util.unflatten_dict(tensors, sep="/")
+  params = tensor_files.read(weights_path, abstract, described_by=META, error=ExportError)
   return PrunedUNet(meta["unet"], jax.tree.map(jax.numpy.asarray, params), meta)

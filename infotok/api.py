@@ -25,12 +25,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from infotok import tokenizer as network
 from infotok.tokenizer_sweep import SWEEPS
 from infotok.tokenizer_trainer import TokenizerTrainer
-from shared import train_lib, workdir
+from shared import tensor_files, train_lib, workdir
 from shared.data import to_float
 from shared.errors import CheckpointError, ConfigError, DataError
 
@@ -234,10 +233,6 @@ def train_tokenizer(
 def save_tokenizer(directory: str, tok: Tokenizer) -> None:
   """Writes `directory`/params.safetensors (flat 'a/b/kernel' float32 tensors) and tokenizer.json
   (format, config, image shape, text sizes, weights, num_codes), each atomically, on process 0."""
-  from safetensors.numpy import save_file  # noqa: PLC0415
-
-  flat = traverse_util.flatten_dict(jax.device_get(tok.params), sep="/")
-  tensors = {k: np.array(v, np.float32, order="C") for k, v in flat.items()}  # 0-d stays 0-d
   meta = {
     "format": FORMAT,
     "config": tok.config.to_dict(),
@@ -248,12 +243,7 @@ def save_tokenizer(directory: str, tok: Tokenizer) -> None:
     "num_codes": tok.num_codes,
     "num_tokens": tok.num_tokens,
   }
-  if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{WEIGHTS_FILE}.tmp")
-    save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(directory, WEIGHTS_FILE))
-  workdir.write_json(os.path.join(directory, META_FILE), meta)
+  tensor_files.write(directory, WEIGHTS_FILE, tok.params, META_FILE, meta)
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
@@ -263,9 +253,6 @@ def load_tokenizer(directory: str) -> Tokenizer:
     CheckpointError: no such folder or files, a foreign tokenizer.json, or tensors whose names or
       shapes disagree with its config.
   """
-  from safetensors import SafetensorError  # noqa: PLC0415
-  from safetensors.numpy import load_file  # noqa: PLC0415
-
   meta_path, weights_path = (
     os.path.join(directory, META_FILE),
     os.path.join(directory, WEIGHTS_FILE),
@@ -283,20 +270,8 @@ def load_tokenizer(directory: str) -> Tokenizer:
     model = network.make_tokenizer(cfg, vocab, length)
     image, caption = np.zeros((1, *shape), np.float32), np.zeros((1, length), np.int32)
     init = lambda k: model.init(k, image, caption, k, 0.0)["params"]
-    abstract = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(0)), sep="/")
+    abstract = jax.eval_shape(init, jax.random.key(0))
   except Exception as e:  # a hand-edited or foreign config: say which file
     raise CheckpointError(f"{meta_path}: its tokenizer config is invalid ({e})") from None
-  try:
-    tensors = load_file(weights_path)
-  except (SafetensorError, OSError) as e:
-    raise CheckpointError(f"cannot read {weights_path}: {e}") from None
-  want = {k: tuple(v.shape) for k, v in abstract.items()}
-  got = {k: tuple(v.shape) for k, v in tensors.items()}
-  if want != got:
-    names = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    raise CheckpointError(
-      f"{weights_path} disagrees with {META_FILE}: {names[0]} is {got.get(names[0], 'missing')}, "
-      f"the config says {want.get(names[0], 'no such tensor')} ({len(names)} tensor(s) differ)"
-    )
-  params = traverse_util.unflatten_dict(tensors, sep="/")
+  params = tensor_files.read(weights_path, abstract, described_by=META_FILE)
   return Tokenizer(cfg, params, shape, vocab, length, dict(meta.get("weights") or {}))
