@@ -16,11 +16,10 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
-from flax import traverse_util
 
 from gradflow_prune import criteria, export, pruning_run, surgery
 from gradflow_prune.toolkit import toolkit
-from shared import train_lib
+from shared import tensor_files, train_lib
 from shared.errors import ConfigError, DataError
 from shared.models import unet
 
@@ -46,19 +45,11 @@ def _check_model(unet_params, unet_config) -> dict:
     )
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     raise ConfigError(f"unet_config is not a U-Net config dict ({e})") from None
-  abstract = traverse_util.flatten_dict(unet.abstract_params(model), sep="/")
-  want = {k: tuple(v.shape) for k, v in abstract.items()}
   if not isinstance(unet_params, Mapping):
     raise ConfigError(f"unet_params must be a nested dict of arrays, got {type(unet_params)}")
-  flat = traverse_util.flatten_dict(dict(unet_params), sep="/")
-  got = {k: tuple(np.shape(v)) for k, v in flat.items()}
-  if want != got:
-    names = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    k = names[0]
-    raise ConfigError(
-      f"unet_params do not match unet_config: {k} is {got.get(k, 'missing')}, the config says "
-      f"{want.get(k, 'no such tensor')} ({len(names)} tensor(s) differ)"
-    )
+  differs = tensor_files.mismatch(unet.abstract_params(model), unet_params)
+  if differs:
+    raise ConfigError(f"unet_params do not match unet_config: {differs}")
   return unet.config_dict(model)
 
 

@@ -72,14 +72,26 @@ def read(
     tensors = load_file(weights_path)
   except (SafetensorError, OSError) as e:
     raise error(f"cannot read {weights_path}: {e}") from None
-  flat = traverse_util.flatten_dict(abstract, sep="/")
-  want = {k: tuple(v.shape) for k, v in flat.items()}
-  got = {k: tuple(v.shape) for k, v in tensors.items()}
-  if want != got:
-    names = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    k = names[0]
-    raise error(
-      f"{weights_path} disagrees with {described_by}: {k} has shape {got.get(k, 'missing')}, "
-      f"the config says {want.get(k, 'no such tensor')} ({len(names)} tensor(s) differ)"
-    )
+  differs = mismatch(abstract, tensors)
+  if differs:
+    raise error(f"{weights_path} disagrees with {described_by}: {differs}")
   return traverse_util.unflatten_dict(tensors, sep="/")
+
+
+def mismatch(abstract, params) -> str | None:
+  """None when the two trees (nested, or flat with '/'-joined names) have the same names and
+  shapes; else '<name> has shape <got>, the config says <want> (<n> tensor(s) differ)'."""
+
+  def shapes(tree):  # a flat dict flattens to itself
+    flat = traverse_util.flatten_dict(dict(tree), sep="/")
+    return {k: tuple(v.shape if hasattr(v, "shape") else np.shape(v)) for k, v in flat.items()}
+
+  want, got = shapes(abstract), shapes(params)
+  if want == got:
+    return None
+  names = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+  k = names[0]
+  return (
+    f"{k} has shape {got.get(k, 'missing')}, the config says {want.get(k, 'no such tensor')} "
+    f"({len(names)} tensor(s) differ)"
+  )
