@@ -63,25 +63,14 @@ def train(
   `workdir=None` (the Python API on arrays, `infotok.train_tokenizer`): the same loop with no
   checkpoints and no metric files (nothing to resume; the NaN guard still runs).
   """
-  if workdir is None:
-    return train_lib.train_loop(
-      state=state,
-      step_fn=step_fn,
-      batches=batches,
-      num_steps=num_steps,
-      data_sharding=data_sharding,
-      log_every=cfg.log_every,
-      progress=False,
-      stage=stage,
-    )
   return stages.run_stage(
     state=state,
     step_fn=step_fn,
     batches=batches,
     num_steps=num_steps,
     data_sharding=data_sharding,
-    checkpoint_dir=os.path.join(workdir, "checkpoints"),
-    log_dir=log_dir,
+    checkpoint_dir=None if workdir is None else os.path.join(workdir, "checkpoints"),
+    log_dir=None if workdir is None else log_dir,
     stage=stage,
     checkpoint_every=cfg.checkpoint_every,
     keep=1,

@@ -17,7 +17,7 @@ import jax
 from mcae import stage_builders
 from mcae.selection import BestValSelection, EarlyStop
 from shared import data as data_lib
-from shared import stages, train_lib
+from shared import stages
 from shared.models.vit import init_classifier_from_mae
 
 PRETRAIN_FIELDS = ("image", "label", "domain", "attack")
@@ -28,12 +28,12 @@ def train_stage(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, 
                 **hooks):  # fmt: skip
   """`stage.step` over shuffled batches of `fields` of `arrays` (batch order from `seed`).
 
-  With a folder: `shared.stages.run_stage` (checkpoints, metrics.jsonl, resume); None: the same
-  `train_lib.train_loop`, in memory.
+  With a folder: checkpoints, metrics.jsonl, resume; None: the same loop, in memory
+  (`shared.stages.run_stage` either way).
   """
   arrays = {k: arrays[k] for k in fields}
   run = ctx.config.run
-  common = dict(
+  return stages.run_stage(
     state=state,
     step_fn=stage.step,
     batches=lambda start: data_lib.batches(arrays, batch_size, seed=seed, start_step=start),
@@ -43,12 +43,7 @@ def train_stage(ctx, stage, state, arrays, fields, num_steps, batch_size, seed, 
     log_every=run.log_every,
     progress=run.progress,
     **hooks,
-  )
-  if folder is None:
-    return train_lib.train_loop(**common)
-  return stages.run_stage(
-    **common,
-    checkpoint_dir=os.path.join(folder, "checkpoints"),
+    checkpoint_dir=None if folder is None else os.path.join(folder, "checkpoints"),
     log_dir=folder,
     checkpoint_every=run.checkpoint_every,
     keep=1,

@@ -3,6 +3,7 @@
   compiled(key, build)       `build()` once per process for each key (shapes + config), reused
   stage_key(*parts)          a key from ConfigDicts, dicts, shapes and scalars (JSON, hashed)
   run_stage(...)             checkpointer + metric writer + `train_lib.train_loop`, one call
+                             (either left out with its folder None: in-memory runs)
   batched_apply(fn, x, b)    fn over fixed-size padded batches of x (compiles once), outputs trimmed
 
 Why `compiled`: a jitted step closes over its model and config, so building it anew for every
@@ -13,6 +14,7 @@ that share shapes and settings share one compilation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping
@@ -66,8 +68,8 @@ def run_stage(
   batches: Callable[[int], Iterator[Mapping[str, np.ndarray]]],
   num_steps: int,
   data_sharding,
-  checkpoint_dir: str,
-  log_dir: str,
+  checkpoint_dir: str | None,
+  log_dir: str | None,
   stage: str,
   checkpoint_every: int,
   keep: int = 1,
@@ -79,11 +81,19 @@ def run_stage(
 ) -> train_lib.TrainState:
   """One resumable training stage: checkpoints in `checkpoint_dir`, metrics rows tagged `stage`
   in `log_dir`/metrics.jsonl (and TensorBoard when `tensorboard` and TensorFlow is there), both
-  closed on every exit (see `train_lib.train_loop`)."""
-  with (
-    train_lib.Checkpointer(checkpoint_dir, keep=keep, every=checkpoint_every) as ckpt,
-    train_lib.MetricWriter(log_dir, stage=stage, tensorboard=tensorboard) as writer,
-  ):
+  closed on every exit (see `train_lib.train_loop`). `checkpoint_dir=None`: no checkpoints
+  (nothing to resume); `log_dir=None`: no metric files (the Python APIs' runs on arrays)."""
+  checkpointer = (
+    contextlib.nullcontext()
+    if checkpoint_dir is None
+    else train_lib.Checkpointer(checkpoint_dir, keep=keep, every=checkpoint_every)
+  )
+  metric_writer = (
+    contextlib.nullcontext()
+    if log_dir is None
+    else train_lib.MetricWriter(log_dir, stage=stage, tensorboard=tensorboard)
+  )
+  with checkpointer as ckpt, metric_writer as writer:
     return train_lib.train_loop(
       state=state,
       step_fn=step_fn,

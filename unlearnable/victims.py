@@ -274,19 +274,15 @@ def train_victim(
     hooks=(evaluate,),
     hook_every=max(1, int(recipe.eval_every)) * steps_per_epoch,
   )
-  if workdir and run_cfg is not None and run_cfg.checkpoint_victims:
-    state = stages.run_stage(
-      **loop,
-      checkpoint_dir=os.path.join(workdir, "checkpoints"),
-      log_dir=workdir,
-      checkpoint_every=run_cfg.checkpoint_every,
-      tensorboard=False,
-    )
-  elif workdir:  # A cell of seconds: its metrics, no checkpoints (a re-run recomputes the cell).
-    with train_lib.MetricWriter(workdir, tensorboard=False, stage=stage) as writer:
-      state = train_lib.train_loop(**loop, writer=writer)
-  else:
-    state = train_lib.train_loop(**loop)
+  # Checkpoints only where asked for: a cell of seconds keeps its metrics and is recomputed.
+  checkpointed = bool(workdir) and run_cfg is not None and run_cfg.checkpoint_victims
+  state = stages.run_stage(
+    **loop,
+    checkpoint_dir=os.path.join(workdir, "checkpoints") if checkpointed else None,
+    log_dir=workdir or None,
+    checkpoint_every=run_cfg.checkpoint_every if checkpointed else 0,
+    tensorboard=False,
+  )
   if not curve or curve[-1][0] != total:  # Resumed at the end: nothing trained, evaluate once.
     evaluate(total, state)
   earlier = [(r["step"], r["test_accuracy"]) for r in previous if "test_accuracy" in r]
