@@ -77,6 +77,7 @@ def write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder) -> 
   the folder holding a sub-run's `scores.npz` (`mcae.merge` points it at other workdirs)."""
   names = [p.name for p in protocols]
   rows = evaluate.summarise(runs, list(config.methods), names)
+  gates = ceiling_gates(config, runs, protocols)
   pairs = []
   if REFERENCE in config.methods and len(config.methods) > 1:  # MCAE against every other method
     others = [m for m in config.methods if m != REFERENCE]
@@ -105,7 +106,7 @@ def write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder) -> 
     gate_lines = [
       f"- {g['name']}: {g['method']} source-val AUC {100 * g['value']:.2f}% "
       f"(gate >= {100 * g['threshold']:.0f}%: {'learnable' if g['passed'] else 'NOT learnable'})"
-      for g in ceiling_gates(config, runs, protocols)
+      for g in gates
     ]
     if gate_lines:
       table = "**In-domain ceiling**\n\n" + "\n".join(gate_lines) + "\n\n" + table
@@ -129,7 +130,6 @@ def write_outputs(config, workdir, runs, protocols, folder_of=subrun_folder) -> 
     }
     for r in rows
   ]
-  gates = ceiling_gates(config, runs, protocols)
   if gates:
     metrics["gates"] = gates
   if pairs:
