@@ -159,6 +159,10 @@ def get_config(arg=None):
     random_start=True,
     eot=1,
     augment=False,
+    # BatchNorm in the sweep and the stop criterion: "running" = eval mode, as Huang et al.'s
+    # released code (paper); "batch" = batch statistics (the other variants; all runs before
+    # 2026-12-03, incl. the first CIFAR-10 EM runs in docs/results.md).
+    bn="running" if paper else "batch",
     optimizer=config_utils.optimizer_config(
       name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="constant"
     ),

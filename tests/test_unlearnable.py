@@ -326,6 +326,37 @@ def test_every_variant_is_a_valid_run_config(arg):
   assert {"clean", "random", "em", "tue", "dist"} <= set(cfg.methods)
 
 
+def test_em_bn_picks_the_batchnorm_statistics_of_the_sweep_and_the_stop():
+  # em.bn="running" (Huang et al.'s code: eval mode in the PGD sweep and the stop criterion) vs
+  # "batch" (batch statistics); the surrogate's training steps use batch statistics either way.
+  from unlearnable import minmin, nets, perturb
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(0, 1, (8, 8, 8, 3)), jnp.float32)
+  out = {}
+  for bn in minmin.BN_MODES:
+    cfg = _config(surrogate="resnet18", **{"em.bn": bn})
+    kind, settings = perturb.minmin_settings(cfg, "em")
+    prog = minmin.program(kind, settings, 3, False)
+    params, state = nets.init(prog.model, jax.random.PRNGKey(1), x[:2])
+    state = jax.tree.map(lambda a: a + 0.5, state)  # running statistics away from the batch's
+    out[bn] = np.asarray(prog._classify(params, state, x))
+    want = (nets.apply_eval if bn == "running" else lambda *a: nets.apply_train(*a)[0])(
+      prog.model, params, state, x
+    )
+    np.testing.assert_allclose(out[bn], np.asarray(want), rtol=1e-6, atol=1e-6)
+  assert np.abs(out["running"] - out["batch"]).max() > 1e-3
+  with pytest.raises(ConfigError, match="em.bn"):
+    minmin.program("em", {**settings, "bn": "eval"}, 3, False)
+
+
+def test_cli_bad_em_bn_is_one_line_exit_2(tmp_path):
+  proc = _cli("--config", "configs/unlearnable.py:tiny", "--config.em.bn=eval", workdir=tmp_path)
+  assert proc.returncode == 2, proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "em.bn" in last and "Traceback" not in proc.stderr
+
+
 def test_programs_are_built_once_per_settings_and_keep_their_own_copy():
   from unlearnable import evaluate, minmin, perturb, victims
 

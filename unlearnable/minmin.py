@@ -18,8 +18,11 @@ The perturbation objective L per kind:
         freshly initialised every round (see docs/unlearnable.md for why).
 The gradient of the TUE/dist objective flows through both augmented views, i.e. the PGD step uses
 the average of the two views' gradients (the released code averages the two projected steps).
-BatchNorm uses batch statistics during the search (the surrogates are trained for few steps, so
-running averages lag; the batch-statistics accuracy is also what the EM stop criterion reads).
+BatchNorm during the EM search (`em.bn`): "running" (Huang et al.'s released code: the surrogate
+trains in train mode, then the PGD sweep and the stop criterion run it in eval mode, on running
+statistics) or "batch" (batch statistics in the sweep and the stop criterion too; the behaviour
+before 2026-12-03). TUE / dist always use batch statistics (their SimCLR surrogate's loss needs
+the batch).
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ import numpy as np
 import optax
 
 from shared import stages, train_lib
+from shared.errors import ConfigError
 from unlearnable import augment, csd, nets, simclr
 
 KINDS = ("em", "tue", "dist")
+BN_MODES = ("running", "batch")  # em.bn: BatchNorm statistics in the EM sweep and stop criterion
 
 
 def _simclr_views(cfg_aug, key, x):
@@ -78,6 +83,9 @@ class Program:
   def __init__(self, kind: str, cfg, num_classes: int, classwise: bool):
     if kind not in KINDS:
       raise ValueError(kind)
+    self.bn = cfg.get("bn", "batch") if kind == "em" else "batch"
+    if self.bn not in BN_MODES:
+      raise ConfigError(f"em.bn={self.bn!r}; known: {', '.join(BN_MODES)}")
     self.kind, self.cfg, self.classwise = kind, cfg, classwise
     self.num_classes = num_classes
     if kind == "em":
@@ -127,7 +135,7 @@ class Program:
     cfg = self.cfg
     xp = jnp.clip(x + delta_b, 0.0, 1.0)
     if self.kind == "em":
-      logits, _ = nets.apply_train(self.model, params, model_state, xp)
+      logits = self._classify(params, model_state, xp)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     loss = 0.0
     if cfg.ssl_weight:  # 0 in the released SimCLR command (demo.sh): then only CSD moves delta.
@@ -171,10 +179,15 @@ class Program:
     d = jax.lax.fori_loop(0, cfg.pgd_steps, step, d0)
     return d if self.classwise else delta.at[idx].set(d)
 
+  def _classify(self, params, model_state, xp):
+    """The EM surrogate's logits in the sweep and the stop criterion (BatchNorm per `em.bn`)."""
+    if self.bn == "running":
+      return nets.apply_eval(self.model, params, model_state, xp)
+    return nets.apply_train(self.model, params, model_state, xp)[0]
+
   def _predict_fn(self, params, model_state, images, labels, delta, idx):
     xp = jnp.clip(images[idx] + self._delta_of(delta, labels, idx), 0.0, 1.0)
-    logits, _ = nets.apply_train(self.model, params, model_state, xp)
-    return logits.argmax(-1)
+    return self._classify(params, model_state, xp).argmax(-1)
 
 
 class Search:

@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from shared import data as data_lib
 from shared import workdir as workdir_lib
 from shared.errors import ConfigError, DataError
-from unlearnable import csd, evaluate, perturb, release, report
+from unlearnable import csd, evaluate, minmin, perturb, release, report
 
 
 def _load(config_data, split):
@@ -57,6 +57,9 @@ def _check(config):
     raise ConfigError("config.seeds is empty; give at least one seed, e.g. --config.seeds='(0,)'")
   if not 0 < config.eps <= 1:
     raise ConfigError(f"eps must be in (0, 1], got {config.eps}")
+  bn = config.em.get("bn", "batch")
+  if bn not in minmin.BN_MODES:
+    raise ConfigError(f"em.bn={bn!r}; known: {', '.join(minmin.BN_MODES)}")
 
 
 def data_check(images: np.ndarray, eps: float) -> dict:
