@@ -136,6 +136,13 @@ def get_config(arg=None):
     width=64 if paper else (32 if compare else 4),
     dtype="bfloat16" if paper else "float32",
   )
+  # The second supervised architecture of `paper` (cross-architecture transfer): VGG-16 with
+  # BatchNorm in the CIFAR layout, as the UE papers' transfer tables use.
+  cfg.models.vgg16 = dict(
+    name="vgg16",
+    width=64 if paper else (16 if compare else 4),
+    dtype="bfloat16" if paper else "float32",
+  )
   if compare:
     cfg.models.small_cnn = dict(name="small_cnn", widths=(32, 64, 128), hidden=256)
     cfg.models.mlp = dict(name="mlp", hidden=(512, 512))
@@ -143,7 +150,7 @@ def get_config(arg=None):
     cfg.models.small_cnn = dict(name="small_cnn", widths=(4, 8), hidden=16)
     cfg.models.mlp = dict(name="mlp", hidden=(32,))
   cfg.surrogate = "resnet18" if paper or compare else ("mlp" if tiny else "small_cnn")
-  cfg.other_arch = "small_cnn" if paper or compare or tiny else "resnet18"
+  cfg.other_arch = "vgg16" if paper else ("small_cnn" if compare or tiny else "resnet18")
 
   # -- generators ---------------------------------------------------------------------------------
   # EM (Huang et al. 2021): sample-wise, 20 steps of 0.8/255, 10 model batches between sweeps,

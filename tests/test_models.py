@@ -14,6 +14,7 @@ from shared.masks import random_masking
 from shared.models import (
   MAE,
   MLP,
+  VGG16,
   ResNet18,
   SmallCNN,
   TransformerLM,
@@ -252,10 +253,23 @@ def test_resnet18_param_count():
   assert n_params(shapes["params"]) == 11_173_962  # PyTorch CIFAR ResNet-18, 10 classes
 
 
+def test_vgg16_param_count():
+  shapes = jax.eval_shape(
+    VGG16(num_classes=10).init, KEY, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  )
+  # kuangliu/pytorch-cifar VGG('VGG16'): 13 conv (bias) + BN, Linear(512, 10): 14,728,266
+  assert n_params(shapes["params"]) == 14_728_266
+
+
 @pytest.mark.parametrize(
   "model",
-  [ResNet18(num_classes=7, width=4), SmallCNN(num_classes=7, widths=(4, 8)), MLP(7, hidden=(16,))],
-  ids=["resnet18", "small_cnn", "mlp"],
+  [
+    ResNet18(num_classes=7, width=4),
+    VGG16(num_classes=7, width=4),
+    SmallCNN(num_classes=7, widths=(4, 8)),
+    MLP(7, hidden=(16,)),
+  ],
+  ids=["resnet18", "vgg16", "small_cnn", "mlp"],
 )
 @pytest.mark.parametrize("shape", [(8, 8, 1), (12, 12, 3), (32, 32, 3)])
 def test_classifier_shapes(model, shape):

@@ -1,7 +1,7 @@
-"""Models shared by the methods: ViT / MAE, CIFAR ResNet-18 and small classifiers, decoder LM."""
+"""Models shared by the methods: ViT / MAE, CIFAR ResNet-18 / VGG-16, small classifiers, an LM."""
 
 from shared.errors import ConfigError
-from shared.models.resnet import MLP, ResNet, ResNet18, SmallCNN
+from shared.models.resnet import MLP, VGG, VGG16, ResNet, ResNet18, SmallCNN
 from shared.models.transformer import (
   TransformerLM,
   causal_mask,
@@ -25,6 +25,7 @@ from shared.models.vit import (
 # `num_classes=` plus its own fields, and is called as `model.apply(variables, images, train)`.
 CLASSIFIERS = {
   "resnet18": ResNet18,
+  "vgg16": VGG16,
   "small_cnn": SmallCNN,
   "mlp": MLP,
   "vit": ViTClassifier,
@@ -50,6 +51,8 @@ __all__ = [
   "ResNet18",
   "SmallCNN",
   "TransformerLM",
+  "VGG",
+  "VGG16",
   "ViTClassifier",
   "ViTEncoder",
   "causal_mask",

@@ -1,4 +1,4 @@
-"""Image classifiers for small images: CIFAR ResNet-18, a small CNN and an MLP.
+"""Image classifiers for small images: CIFAR ResNet-18, CIFAR VGG-16, a small CNN and an MLP.
 
 ResNet-18 follows He et al. 2016 (arXiv 1512.03385) in the CIFAR layout the unlearnable-examples
 literature trains (kuangliu/pytorch-cifar `models/resnet.py`, used by Huang et al. 2021 and TUE):
@@ -197,6 +197,74 @@ class SmallCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
       features_BxF
     ).astype(jnp.float32)
+
+
+VGG16_LAYERS = (
+  *(64, 64, "M", 128, 128, "M"),
+  *(256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+)
+
+
+class VGG(nn.Module):
+  """VGG with BatchNorm in the CIFAR layout (Simonyan & Zisserman 2015, arXiv 1409.1556, as the
+  unlearnable-examples papers train it: kuangliu/pytorch-cifar `models/vgg.py`): 3x3 conv (with
+  bias) - BN - ReLU per entry of `layers`, 2x2 max-pool at each "M", one linear head on the
+  pooled features. At width 64 and 32x32 inputs VGG-16 has 14,728,266 params for 10 classes.
+
+  Attributes:
+    num_classes: head outputs; None returns the pooled features_BxF.
+    layers: conv widths at width 64, "M" for a max-pool (VGG16_LAYERS).
+    width: channels of the first conv (64 for the standard net); every conv scales with it.
+  """
+
+  num_classes: int | None = 10
+  layers: Sequence[Any] = VGG16_LAYERS
+  width: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_BxHxWxC, train: bool = False):
+    if self.width < 1:
+      raise ConfigError(f"VGG width must be positive, got {self.width}")
+    x_BxHxWxF = images_BxHxWxC.astype(self.dtype)
+    i = 0
+    for entry in self.layers:
+      if entry == "M":
+        if min(x_BxHxWxF.shape[1:3]) >= 2:  # small inputs stop shrinking at 1x1
+          x_BxHxWxF = nn.max_pool(x_BxHxWxF, (2, 2), strides=(2, 2))
+        continue
+      i += 1
+      x_BxHxWxF = nn.Conv(
+        max(1, int(entry) * self.width // 64),
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_conv_init,
+        name=f"conv{i}",
+      )(x_BxHxWxF)
+      x_BxHxWxF = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"bn{i}",
+      )(x_BxHxWxF)
+      x_BxHxWxF = nn.relu(x_BxHxWxF)
+    features_BxF = x_BxHxWxF.astype(jnp.float32).mean(axis=(1, 2))
+    if self.num_classes is None:
+      return features_BxF
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
+      features_BxF
+    ).astype(jnp.float32)
+
+
+class VGG16(VGG):
+  """CIFAR VGG-16 (BatchNorm): 14,728,266 params for 10 classes at width 64."""
+
+  layers: Sequence[Any] = VGG16_LAYERS
 
 
 class MLP(nn.Module):
