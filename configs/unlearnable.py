@@ -79,6 +79,10 @@ def get_config(arg=None):
   # the budget, unlearnable/release.py), as the protected set would be published; False trains
   # on the float perturbation (the behaviour before 2026-12-03).
   cfg.release_uint8 = True
+  # A finished run's --workdir whose uint8 releases (seed_<s>/<method>/protected.npz) the victims
+  # of this run train on instead of generating the perturbations again ("" = generate): victims
+  # added later, or run as separate processes, see the very images that run released.
+  cfg.protected_from = ""
   cfg.generator = "tue"  # What `unlearnable.generate(config, ...)` makes unless method= is given.
 
   # -- data -------------------------------------------------------------------------------------

@@ -464,3 +464,23 @@ def test_tiny_end_to_end_and_resume(tiny_run):
   again = _cli(*args, workdir=tmp_path, env=E2E_ENV)
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((tmp_path / "results.json").read_text())["metrics"]["final"] == metrics["final"]
+
+
+def test_victims_train_on_another_runs_release(tmp_path):
+  # protected_from: a second run (another victim, a separate process) trains on the uint8 release
+  # of the first, without generating again; same seed and victim -> the very same cell.
+  from unlearnable import train
+
+  def cfg(**kw):
+    return _config(methods=("random",), victims=("supervised",), **kw)
+
+  first = train.train_and_evaluate(cfg(), str(tmp_path / "a"))
+  second = train.train_and_evaluate(cfg(protected_from=str(tmp_path / "a")), str(tmp_path / "b"))
+  assert second["final"] == first["final"]
+  mdir = tmp_path / "b" / "seed_0" / "random"
+  assert not (mdir / "perturbations.npz").exists() and not (mdir / "protected.npz").exists()
+  assert json.loads((mdir / "protected_from.json").read_text())["source"].endswith("a/seed_0/random")
+  with pytest.raises(DataError, match="protected set not found"):
+    train.train_and_evaluate(cfg(protected_from=str(tmp_path / "b")), str(tmp_path / "c"))
+  with pytest.raises(ConfigError, match="protected_from"):
+    train.train_and_evaluate(cfg(protected_from=str(tmp_path / "none")), str(tmp_path / "d"))

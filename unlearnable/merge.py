@@ -8,11 +8,11 @@ A SRC is a `python -m unlearnable` workdir (a folder holding results.json), or a
 from `metrics.final` / `metrics.peak`, which must then hold a single seed.
 
 The sources must have run one experiment: their configs, flattened to dotted keys, agree on every
-key but methods, victims, seeds, seed, gates, generator and run.*; `simclr_victim.*` is compared
-only between sources with a simclr victim and `release_uint8` only between sources that protect
-with a method other than clean. A key that some sources lack (older code) is listed in a note,
-not refused. Another value, a (method, victim, seed) cell given twice, or a source that is not a
-finished unlearnable run stops it with one line and exit code 2.
+key but methods, victims, seeds, seed, gates, generator, protected_from and run.*;
+`simclr_victim.*` is compared only between sources with a simclr victim and `release_uint8` only
+between sources that protect with a method other than clean. A key that some sources lack (older
+code) is listed in a note, not refused. Another value, a (method, victim, seed) cell given twice,
+or a source that is not a finished unlearnable run stops it with one line and exit code 2.
 
 It writes DIR/table.md (final and peak matrices, mean ± std (ddof 1) over seeds, the clean-data
 gates of the newest source's config, paired clean-minus-protected differences over seeds, wall
@@ -38,7 +38,7 @@ from unlearnable.evaluate import DERIVED, VICTIMS
 from unlearnable.train import gate_check, gate_lines
 
 METHOD_ORDER = ("clean", "random", "em", "em_class", "tue", "dist")
-IGNORED = ("methods", "victims", "seeds", "seed", "gates", "run", "generator")
+IGNORED = ("methods", "victims", "seeds", "seed", "gates", "run", "generator", "protected_from")
 USAGE = "usage: python -m unlearnable.merge SRC [SRC ...] --out DIR"
 
 

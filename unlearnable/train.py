@@ -57,6 +57,9 @@ def _check(config):
     raise ConfigError("config.seeds is empty; give at least one seed, e.g. --config.seeds='(0,)'")
   if not 0 < config.eps <= 1:
     raise ConfigError(f"eps must be in (0, 1], got {config.eps}")
+  src = config.get("protected_from")
+  if src and not os.path.isdir(src):
+    raise ConfigError(f"protected_from={src!r} is not a folder (a finished run's --workdir)")
   bn = config.em.get("bn", "batch")
   if bn not in minmin.BN_MODES:
     raise ConfigError(f"em.bn={bn!r}; known: {', '.join(minmin.BN_MODES)}")
@@ -96,6 +99,8 @@ def protected_delta(config, method, train, num_classes, seed_key, mdir) -> tuple
   release `protected.npz` (x + delta rounded to grey levels within the budget,
   `release.quantize`), read back from the file: the victims train on the released images.
   """
+  if config.get("protected_from") and method != "clean":
+    return _released_elsewhere(config, method, train, mdir)
   delta, info = _generate(config, method, train, num_classes, seed_key, mdir)
   if not config.release_uint8:
     return delta, info
@@ -109,6 +114,32 @@ def protected_delta(config, method, train, num_classes, seed_key, mdir) -> tuple
   released = release.load_protected(path) if os.path.exists(path) else {"images": protected}
   if released["images"].shape[0] != len(train["label"]):
     raise DataError(f"{path} was made for other data; use a fresh --workdir")
+  return release.as_delta(released["images"].reshape(train["image"].shape), train["image"]), info
+
+
+def _released_elsewhere(config, method, train, mdir) -> tuple[np.ndarray, dict]:
+  """The uint8 release another run made (`config.protected_from`, its workdir): same seed, method.
+
+  Victims added later train on the very images that run released, without generating them again.
+  The source's generation.json comes along (with `protected_from` naming it).
+  """
+  seed_dir, _ = os.path.split(os.path.normpath(mdir))
+  src = os.path.join(config.protected_from, os.path.basename(seed_dir), method)
+  path = os.path.join(src, "protected.npz")
+  released = release.load_protected(path)  # DataError: missing, unreadable, wrong dtype / shape
+  if released["images"].shape[0] != len(train["label"]) or not np.array_equal(
+    np.asarray(released["labels"]), np.asarray(train["label"])
+  ):
+    raise DataError(f"{path} was released for other data (images or labels differ from this run's)")
+  if not np.isclose(float(released["eps"]), config.eps):
+    raise DataError(f"{path} has eps {float(released['eps']):.6f}, this run {config.eps:.6f}")
+  info = workdir_lib.read_json(os.path.join(src, "generation.json"))
+  if info is None:
+    raise DataError(f"{src}/generation.json is missing: {src} is not a finished generation")
+  info = {**info, "protected_from": src}
+  os.makedirs(mdir, exist_ok=True)
+  workdir_lib.write_json(os.path.join(mdir, "protected_from.json"), {"source": src})
+  logging.info("%s: the release of %s", method, src)
   return release.as_delta(released["images"].reshape(train["image"].shape), train["image"]), info
 
 
