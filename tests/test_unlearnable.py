@@ -479,7 +479,8 @@ def test_victims_train_on_another_runs_release(tmp_path):
   assert second["final"] == first["final"]
   mdir = tmp_path / "b" / "seed_0" / "random"
   assert not (mdir / "perturbations.npz").exists() and not (mdir / "protected.npz").exists()
-  assert json.loads((mdir / "protected_from.json").read_text())["source"].endswith("a/seed_0/random")
+  source = json.loads((mdir / "protected_from.json").read_text())["source"]
+  assert source.endswith("a/seed_0/random")
   with pytest.raises(DataError, match="protected set not found"):
     train.train_and_evaluate(cfg(protected_from=str(tmp_path / "b")), str(tmp_path / "c"))
   with pytest.raises(ConfigError, match="protected_from"):
