@@ -122,7 +122,7 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 # Reading results.
 
 
-def _flatten(obj: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
+def flatten(obj: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
   """Nested dicts -> {'a/b': leaf}; lists are kept as leaves."""
   if not isinstance(obj, Mapping):
     return {prefix: obj} if prefix else {}
@@ -130,14 +130,14 @@ def _flatten(obj: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
   for k, v in obj.items():
     key = f"{prefix}{sep}{k}" if prefix else str(k)
     if isinstance(v, Mapping):
-      out.update(_flatten(v, key, sep))
+      out.update(flatten(v, key, sep))
     else:
       out[key] = v
   return out
 
 
 def _scalar_leaves(d: Mapping) -> dict[str, Any]:
-  return {k: v for k, v in _flatten(d).items() if _is_number(v)}
+  return {k: v for k, v in flatten(d).items() if _is_number(v)}
 
 
 def _as_row_table(value: Any) -> list[tuple[str, dict[str, Any]]] | None:
@@ -165,7 +165,7 @@ def _as_row_table(value: Any) -> list[tuple[str, dict[str, Any]]] | None:
     if (
       keys[0]
       and all(k == keys[0] for k in keys)
-      and all(len(r) == len(_flatten(v)) for (_, r), v in zip(rows, value.values(), strict=True))
+      and all(len(r) == len(flatten(v)) for (_, r), v in zip(rows, value.values(), strict=True))
     ):
       return rows
   return None
@@ -214,7 +214,7 @@ def _load_runs(runs_dir: Path) -> tuple[list[dict], list[str]]:
         dir=path.parent,
         results=results,
         method=str(results.get("method") or config.get("method") or "unknown method"),
-        config=_flatten(config, sep="."),
+        config=flatten(config, sep="."),
         metrics=scalars,
         tables=tables,
         figures=[],

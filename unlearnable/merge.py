@@ -33,6 +33,7 @@ import numpy as np
 from shared import cli
 from shared import workdir as workdir_lib
 from shared.errors import ConfigError, DataError
+from shared.report import flatten
 from shared.stats import bootstrap_paired, verdict
 from unlearnable.evaluate import DERIVED, VICTIMS
 from unlearnable.train import gate_check, gate_lines
@@ -40,16 +41,6 @@ from unlearnable.train import gate_check, gate_lines
 METHOD_ORDER = ("clean", "random", "em", "em_class", "tue", "dist")
 IGNORED = ("methods", "victims", "seeds", "seed", "gates", "run", "generator", "protected_from")
 USAGE = "usage: python -m unlearnable.merge SRC [SRC ...] --out DIR"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def _read_file_source(path: str) -> dict:
@@ -137,7 +128,7 @@ def _source(src: str) -> dict:
   return {
     "src": src,
     "config": config,
-    "flat": _flatten(config),
+    "flat": flatten(config, sep="."),
     "methods": methods,
     "victims": victims,
     "seeds": seeds,

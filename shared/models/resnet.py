@@ -23,6 +23,15 @@ Dtype = Any
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # Kaiming, as torchvision
 
 
+def _head(module, features_BxF):
+  """`module`'s linear `head` on pooled features (float32 logits), or the features themselves
+  when its num_classes is None (a backbone)."""
+  if module.num_classes is None:
+    return features_BxF
+  dtypes = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+  return nn.Dense(module.num_classes, name="head", **dtypes)(features_BxF).astype(jnp.float32)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN projection) shortcut."""
 
@@ -109,12 +118,7 @@ class ResNet(nn.Module):
           param_dtype=self.param_dtype,
           name=f"stage{stage + 1}_block{i + 1}",
         )(x_BxHxWxF, train)
-    features_BxF = x_BxHxWxF.astype(jnp.float32).mean(axis=(1, 2))
-    if self.num_classes is None:
-      return features_BxF
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
-      features_BxF
-    ).astype(jnp.float32)
+    return _head(self, x_BxHxWxF.astype(jnp.float32).mean(axis=(1, 2)))
 
 
 class ResNet18(ResNet):
@@ -151,6 +155,30 @@ class ResNetClassifier(nn.Module):
     return self.head(self.features(images_BxHxWxC, train)).astype(jnp.float32)
 
 
+def _conv_bn_relu(module, x_BxHxWxC, features: int, i: int, train: bool, *, use_bias: bool):
+  """conv3x3 (SAME) -> BatchNorm -> ReLU as submodules `conv{i}`, `bn{i}` of `module` (called
+  inside its compact __call__), in its dtype / param_dtype."""
+  x_BxHxWxF = nn.Conv(
+    features,
+    (3, 3),
+    padding="SAME",
+    use_bias=use_bias,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    kernel_init=_conv_init,
+    name=f"conv{i}",
+  )(x_BxHxWxC)
+  x_BxHxWxF = nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    name=f"bn{i}",
+  )(x_BxHxWxF)
+  return nn.relu(x_BxHxWxF)
+
+
 class SmallCNN(nn.Module):
   """A small VGG-like CNN: per stage conv3x3-BN-ReLU then 2x2 max-pool; global pool; MLP head.
 
@@ -167,36 +195,14 @@ class SmallCNN(nn.Module):
   def __call__(self, images_BxHxWxC, train: bool = False):
     x_BxHxWxF = images_BxHxWxC.astype(self.dtype)
     for i, features in enumerate(self.widths):
-      x_BxHxWxF = nn.Conv(
-        features,
-        (3, 3),
-        padding="SAME",
-        use_bias=False,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=_conv_init,
-        name=f"conv{i + 1}",
-      )(x_BxHxWxF)
-      x_BxHxWxF = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=f"bn{i + 1}",
-      )(x_BxHxWxF)
-      x_BxHxWxF = nn.relu(x_BxHxWxF)
+      x_BxHxWxF = _conv_bn_relu(self, x_BxHxWxF, features, i + 1, train, use_bias=False)
       if min(x_BxHxWxF.shape[1:3]) >= 2:  # tiny inputs (8x8 digits) stop shrinking at 1x1
         x_BxHxWxF = nn.max_pool(x_BxHxWxF, (2, 2), strides=(2, 2))
     features_BxF = x_BxHxWxF.mean(axis=(1, 2))
     features_BxF = nn.relu(
       nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(features_BxF)
     ).astype(jnp.float32)
-    if self.num_classes is None:
-      return features_BxF
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
-      features_BxF
-    ).astype(jnp.float32)
+    return _head(self, features_BxF)
 
 
 VGG16_LAYERS = (
@@ -235,30 +241,9 @@ class VGG(nn.Module):
           x_BxHxWxF = nn.max_pool(x_BxHxWxF, (2, 2), strides=(2, 2))
         continue
       i += 1
-      x_BxHxWxF = nn.Conv(
-        max(1, int(entry) * self.width // 64),
-        (3, 3),
-        padding=((1, 1), (1, 1)),
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=_conv_init,
-        name=f"conv{i}",
-      )(x_BxHxWxF)
-      x_BxHxWxF = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=f"bn{i}",
-      )(x_BxHxWxF)
-      x_BxHxWxF = nn.relu(x_BxHxWxF)
-    features_BxF = x_BxHxWxF.astype(jnp.float32).mean(axis=(1, 2))
-    if self.num_classes is None:
-      return features_BxF
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(
-      features_BxF
-    ).astype(jnp.float32)
+      features = max(1, int(entry) * self.width // 64)
+      x_BxHxWxF = _conv_bn_relu(self, x_BxHxWxF, features, i, train, use_bias=True)
+    return _head(self, x_BxHxWxF.astype(jnp.float32).mean(axis=(1, 2)))
 
 
 class VGG16(VGG):
