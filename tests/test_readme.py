@@ -46,6 +46,12 @@ README_COMMANDS = {
   "python -m infotok.report": [["infotok.report", "--help"]],
   "python -m gradflow_prune.report DIR...": [["gradflow_prune.report", "--help"]],
   "python -m benchmarks.run": [["benchmarks.run", "--help"]],
+  "python -m mcae.merge": [["mcae.merge", "--help"]],
+  "python -m unlearnable.merge DIR... --out DIR": [["unlearnable.merge", "--help"]],
+  "--config.protected_from=DIR": [
+    ["unlearnable", "--config", "configs/unlearnable.py:tiny", "--config.protected_from={tmp}"]
+    + ["--workdir", "{tmp}/r", "--dry_run"]
+  ],
 }
 
 
