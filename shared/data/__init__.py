@@ -10,7 +10,7 @@ A new set registers a builder `fn(split, data_dir, **options) -> dict of arrays`
 `@data.register(name, splits=..., info=...)`; importing its module makes it loadable.
 """
 
-from shared.data import digits, fas_json, fas_proxy, mnist5k, real_sets, shapes  # noqa: F401  (registers the sets)
+from shared.data import cifar_grid, digits, fas_json, fas_proxy, mnist5k, real_sets, shapes  # noqa: F401  (registers the sets)
 from shared.data.convert import images_to_float, to_float, to_uint8
 from shared.data.iterators import batches, epoch_order, eval_batches, steps_per_epoch
 from shared.data.registry import REGISTRY, default_data_dir, info, load, names, register
