@@ -17,7 +17,9 @@ Variants:
            (coco_captions, prepared beforehand in `data.data_dir`; a local pretrained text
            tokenizer, GPT-2's by default), judged by a retrieval model (infotok/captions.py).
 Option `captions=true` puts any variant on the image-caption set: `configs/infotok.py:tiny,
-captions=true` is a smoke test of a COCO download in about a minute.
+captions=true` is a smoke test of a COCO download in about a minute. Option `bed=cifar_grid` puts
+it on the natural-image bed (`shared.data.cifar_grid`: real CIFAR-10 photographs in a 2x2 grid at
+64 px, judged per cell by the shipped CIFAR-10 classifier; cifar10 must be prepared).
 Every unknown of the paper is a field here; docs/infotok.md lists them with the chosen values.
 """
 
@@ -29,10 +31,13 @@ VARIANTS = ("tiny", "compare", "paper")
 
 
 def get_config(arg=None):
-  args = config_utils.parse_arg(arg, variants=VARIANTS, captions=False)
+  args = config_utils.parse_arg(arg, variants=VARIANTS, captions=False, bed="shapes")
   v = args.variant
   tiny, compare, paper = v == "tiny", v == "compare", v == "paper"
   captions = paper or args.captions  # an image-caption TFDS set instead of `shapes`
+  if args.bed not in ("shapes", "cifar_grid"):
+    raise config_utils.ConfigError(f"bed={args.bed!r}; known: shapes, cifar_grid")
+  grid_bed = args.bed == "cifar_grid" and not captions  # real CIFAR-10 photographs in a 2x2 grid
   on_captions = lambda shapes_value, caption_value: caption_value if captions else shapes_value
   pick = lambda default, t=None, c=None, p=None: (
     t
@@ -187,5 +192,16 @@ def get_config(arg=None):
       grid_samples=8,
     )
   )
+  # The cifar_grid bed's judge: the shipped CIFAR-10 classifier per cell (shared.judge, trained on
+  # real CIFAR-10 images only; not trained by the run) and the cell-empty threshold (mean absolute
+  # difference from the background grey, [0, 1] units).
+  cfg.judge.path = "shared/assets/cifar10_judge"
+  cfg.judge.empty_threshold = 0.05
+  if grid_bed:  # `bed=cifar_grid`: 64 px scenes of 2x2 cells, 1-2 real CIFAR-10 photographs
+    cfg.data.name = "cifar_grid"
+    cfg.data.resolution = 64
+    cfg.data.grid = 2
+    cfg.tokenizer.patch_size = 8  # 8x8 tokens, 4x4 per photograph
+    cfg.judge.min_accuracy = 0.90  # per-cell class accuracy on real test scenes (issue 17)
   cfg.run = config_utils.run_config(progress=False)
   return cfg

@@ -24,11 +24,11 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from infotok import captions, quantizers, regularizers
+from infotok import captions, grid_bed, quantizers, regularizers
 from infotok import text as text_lib
 from shared import metrics as metrics_lib
 from shared import mi
-from shared.data import shapes
+from shared.data import cifar_grid, shapes
 
 ATTRS = ("shape", "colour", "size", "position")
 
@@ -57,12 +57,19 @@ def caption_scores(predicted: list[str], arrays, grid: int) -> dict[str, float]:
   Attribute accuracy: over all ground-truth objects, the fraction whose attribute equals that of
   the generated object at the same index (a missing or unparsable object counts as wrong);
   'item_caption_attribute' holds, per caption, that fraction over its own objects' attributes.
+  Attributes: shape, colour, size, position on `shapes`; class, position on `cifar_grid`.
   """
-  parsed, hits = 0, dict.fromkeys(ATTRS, 0)
+  if "cls" in arrays:  # cifar_grid
+    attrs, truth_of, parse = grid_bed.ATTRS, grid_bed.objects_of, cifar_grid.parse_caption
+  else:
+    attrs = ATTRS
+    truth_of = lambda a, i: objects_of(a, i, grid)
+    parse = lambda text: shapes.parse_caption(text, grid)
+  parsed, hits = 0, dict.fromkeys(attrs, 0)
   count_ok, n_obj, per_item = 0, 0, []
   for i, text in enumerate(predicted):
-    truth = objects_of(arrays, i, grid)
-    got = shapes.parse_caption(text, grid)
+    truth = truth_of(arrays, i)
+    got = parse(text)
     if got is not None:
       parsed += 1
       count_ok += len(got) == len(truth)
@@ -70,14 +77,14 @@ def caption_scores(predicted: list[str], arrays, grid: int) -> dict[str, float]:
     for j, obj in enumerate(truth):
       n_obj += 1
       if got is not None and j < len(got):
-        for a, x, y in zip(ATTRS, obj, got[j], strict=True):
+        for a, x, y in zip(attrs, obj, got[j], strict=True):
           hits[a] += x == y
           item_hits += x == y
-    per_item.append(item_hits / max(len(ATTRS) * len(truth), 1))
+    per_item.append(item_hits / max(len(attrs) * len(truth), 1))
   n = max(len(predicted), 1)
-  out = {f"caption_{a}": hits[a] / max(n_obj, 1) for a in ATTRS}
+  out = {f"caption_{a}": hits[a] / max(n_obj, 1) for a in attrs}
   out["item_caption_attribute"] = per_item  # per caption: its objects' attributes right
-  out["caption_attribute_mean"] = float(np.mean([out[f"caption_{a}"] for a in ATTRS]))
+  out["caption_attribute_mean"] = float(np.mean([out[f"caption_{a}"] for a in attrs]))
   out["caption_parsed"] = parsed / n
   out["caption_count"] = count_ok / n
   return out
@@ -117,7 +124,8 @@ def understanding(
   # The paired statistics' per-item score (infotok.stats): the mean of the two understanding tasks.
   out["item_understanding"] = _rounded((correct + caption_items) / 2)
   if "question_type" in sub:
-    for t, name in enumerate(shapes.txt.QUESTION_TYPES):
+    kinds = cifar_grid.QUESTION_TYPES if "cls" in sub else shapes.txt.QUESTION_TYPES
+    for t, name in enumerate(kinds):
       sel = sub["question_type"] == t
       if sel.any():
         out[f"vqa_{name}"] = float(correct[sel].mean())

@@ -1,15 +1,15 @@
 """The data splits of an InfoTok run and their text as ids.
 
-On `shapes` (built in) the splits carry per-object attributes, questions and answers; on an
-image-caption set they come from `infotok.captions`.
+On `shapes` and `cifar_grid` (built in) the splits carry per-object attributes, questions and
+answers; on an image-caption set they come from `infotok.captions`.
 """
 
 from __future__ import annotations
 
-from infotok import captions
+from infotok import captions, grid_bed
 from infotok import text as text_lib
 from shared import data as data_lib
-from shared.data import shapes
+from shared.data import cifar_grid, shapes
 
 SPLITS = ("train", "val", "test", "heldout")
 
@@ -19,7 +19,7 @@ def load_data(cfg) -> tuple[dict[str, dict], dict]:
   if captions.is_caption_set(cfg):
     return captions.load_data(cfg)
   options = dict(
-    **scene_options(cfg),
+    **(grid_options(cfg) if grid_bed.is_grid_set(cfg) else scene_options(cfg)),
     seed=cfg.seed,
     num_train=cfg.num_train,
     num_val=cfg.num_val,
@@ -47,6 +47,11 @@ def scene_options(cfg) -> dict:
   )
 
 
+def grid_options(cfg) -> dict:
+  """What a `cifar_grid` scene holds (`config.data`; the grid, cells and images are fixed)."""
+  return dict(min_objects=cfg.min_objects, max_objects=cfg.max_objects)
+
+
 def make_text(config, splits: dict, info: dict, workdir: str, pretrained=None):
   """The text tokenizer (`pretrained`, when already loaded), and the splits' text as ids
   ('caption_ids', on `shapes` also 'question_ids', 'answer_ids')."""
@@ -65,6 +70,7 @@ def add_text_ids(splits: dict, text_tok, cfg) -> None:
   """Adds 'caption_ids', 'question_ids', 'answer_ids' from the text through `text_tok`."""
   lengths = {"caption": cfg.caption_len, "question": cfg.question_len, "answer": cfg.answer_len}
   for arrays in splits.values():
+    decode = cifar_grid.decode if "cls" in arrays else shapes.decode  # each bed's own words
     for field, length in lengths.items():
-      texts = shapes.decode(arrays[field])
+      texts = decode(arrays[field])
       arrays[f"{field}_ids"] = text_lib.encode(text_tok, texts, length)

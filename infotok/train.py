@@ -33,7 +33,7 @@ import time
 
 import jax
 
-from infotok import captions, checks, evaluate, inputs, plane, summary, tokenizer_sweep
+from infotok import captions, checks, evaluate, grid_bed, inputs, plane, summary, tokenizer_sweep
 from infotok import judge as judge_lib
 from infotok import text as text_lib
 from infotok.pipeline import Pipeline
@@ -124,6 +124,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       1.0 / min(config.judge.group, len(splits["test"]["image"])),
       ceiling["test_image"]["clip_score"],
     )
+  elif grid_bed.is_grid_set(config.data):
+    judge, ceiling = _grid_judge(config, splits)
+    judge_min = min(ceiling["test_image"]["class"], ceiling["heldout_image"]["class"])
   else:
     judge, ceiling = _attribute_judge(config, splits, info, judge_dir)
     judge_min = min(
@@ -183,6 +186,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "information_plane_styles": plane_png and os.path.relpath(plane_png, workdir),
     "total_seconds": round(time.time() - start, 2),
   }
+
+
+def _grid_judge(config, splits):
+  """The fixed CIFAR-10 judge of `cifar_grid` (not trained here) and its ceiling on real scenes:
+  per-cell class accuracy on the photographs themselves (the gate, `judge.min_accuracy`)."""
+  judge = grid_bed.GridJudge(config.judge.path, empty_threshold=config.judge.empty_threshold)
+  ceiling = {
+    f"{split}_image": judge.judge_images(splits[split]["image"], splits[split])
+    for split in ("test", "heldout")
+  }
+  logging.info(
+    "grid judge %s on real test scenes: class %.4f, position %.4f, empty %.4f, all correct %.4f",
+    config.judge.path,
+    *(ceiling["test_image"][k] for k in ("class", "position", "empty", "all_correct")),
+  )
+  return judge, ceiling
 
 
 def _attribute_judge(config, splits, info, judge_dir):
