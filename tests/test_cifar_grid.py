@@ -11,6 +11,7 @@ from shared import data
 from shared.data import cifar_grid as cg
 from shared.data import real_sets
 from shared.errors import DataError
+from tests.fake_cifar10 import write_prepared_cifar10
 
 N_TRAIN, N_TEST = 300, 100  # Fake CIFAR-10: 30 / 10 images a class; 'val' pools the last 30.
 FIRST_VAL = N_TRAIN - N_TRAIN // 10
@@ -21,19 +22,7 @@ SIZES = dict(num_train=200, num_val=40, num_test=40, num_heldout=40)
 def fake(tmp_path_factory):
   """A data dir with a prepared cifar10 entry of random (so distinct) images, and its arrays."""
   root = tmp_path_factory.mktemp("data")
-  entry = root / "cifar10" / "prepared-v1"
-  entry.mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  arrays = {}
-  for split, n in (("train", N_TRAIN), ("test", N_TEST)):
-    arrays[split] = {
-      "image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-      "label": rng.permutation(np.arange(n) % 10).astype(np.int32),
-    }
-    for key, value in arrays[split].items():
-      np.save(entry / f"{split}_{key}.npy", value)
-  (entry / "manifest.json").write_text("{}")
-  return str(root), arrays
+  return str(root), write_prepared_cifar10(root, N_TRAIN, N_TEST)
 
 
 def _load(fake, split, **options):

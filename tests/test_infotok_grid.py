@@ -12,6 +12,7 @@ import pytest
 from infotok import evaluate, grid_bed
 from shared import data
 from shared.data import cifar_grid as cg
+from tests.fake_cifar10 import write_prepared_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(num_train=64, num_val=16, num_test=16, num_heldout=16)
@@ -19,15 +20,9 @@ SIZES = dict(num_train=64, num_val=16, num_test=16, num_heldout=16)
 
 @pytest.fixture(scope="module")
 def fake_data_dir(tmp_path_factory):
-  """A data dir with a prepared cifar10 entry of random images (the layout `prepare` writes)."""
+  """A data dir with a prepared cifar10 entry of random images."""
   root = tmp_path_factory.mktemp("data")
-  entry = root / "cifar10" / "prepared-v1"
-  entry.mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 300), ("test", 100)):
-    np.save(entry / f"{split}_image.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-    np.save(entry / f"{split}_label.npy", rng.permutation(np.arange(n) % 10).astype(np.int32))
-  (entry / "manifest.json").write_text("{}")
+  write_prepared_cifar10(root)
   return str(root)
 
 

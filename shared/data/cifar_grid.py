@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.data import real_sets
+from shared.data import real_sets, word_ids
 from shared.data.registry import register
 from shared.errors import DataError
 
@@ -36,8 +36,8 @@ MAX_OBJECTS = GRID * GRID
 VAL_FRACTION = 0.1  # The last 10% of CIFAR-10's train split is the pool of 'val' objects.
 CHUNK = 2048  # Scenes assembled at a time, to bound the temporary copies of source images.
 
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIALS))
+SPECIALS = word_ids.SPECIALS
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = word_ids.PAD_ID, word_ids.BOS_ID, word_ids.EOS_ID, word_ids.UNK_ID
 WORDS = (
   ("a", "an", "and", "at", "the", "is", "are", "there", "what", "where", "how", "many", "objects")
   + ("yes", "no", "nothing", ".", "?", "top", "bottom", "left", "right")
@@ -352,25 +352,12 @@ def _what(cell: int) -> str:
 
 def encode(text: str | Sequence[str], length: int) -> np.ndarray:
   """Words (a string split on spaces, or a list) -> int32 [length] ids with <bos>/<eos>/<pad>."""
-  words = text.split() if isinstance(text, str) else list(text)
-  if len(words) + 2 > length:
-    raise DataError(f"cifar_grid: {' '.join(words)!r} does not fit in {length} tokens")
-  ids = [BOS_ID] + [WORD_TO_ID.get(w, UNK_ID) for w in words] + [EOS_ID]
-  return np.asarray(ids + [PAD_ID] * (length - len(ids)), np.int32)
+  return word_ids.encode(text, length, WORD_TO_ID, "cifar_grid")
 
 
 def decode(ids: np.ndarray | Sequence[int]) -> str | list[str]:
   """Ids -> text, stopping at <eos> and skipping <bos>/<pad>; a 2-D array gives a list."""
-  ids = np.asarray(ids)
-  if ids.ndim == 2:
-    return [decode(row) for row in ids]
-  words = []
-  for i in ids.tolist():
-    if i == EOS_ID:
-      break
-    if i not in (PAD_ID, BOS_ID):
-      words.append(VOCAB[i] if 0 <= i < len(VOCAB) else SPECIALS[UNK_ID])
-  return " ".join(words)
+  return word_ids.decode(ids, VOCAB)
 
 
 def parse_caption(text: str | np.ndarray) -> list[tuple[str, str]] | None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.errors import DataError
+from shared.data import word_ids
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan")
@@ -27,8 +27,8 @@ NUMBERS = ("zero", "one", "two", "three", "four")
 QUESTION_TYPES = ("count", "colour", "shape", "size", "where", "exists")
 MAX_OBJECTS = 4
 
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIALS))
+SPECIALS = word_ids.SPECIALS
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = word_ids.PAD_ID, word_ids.BOS_ID, word_ids.EOS_ID, word_ids.UNK_ID
 WORDS = (
   ("a", "and", "at", "the", "is", "are", "there", "what", "where", "how", "many", "objects")
   + ("colour", "shape", "size", "yes", "no", ".", "?", "top", "bottom", "left", "right", "center")
@@ -51,25 +51,12 @@ def caption_length(max_objects: int) -> int:
 
 def encode(text: str | Sequence[str], length: int) -> np.ndarray:
   """Words (a string split on spaces, or a list) -> int32 [length] ids with <bos>/<eos>/<pad>."""
-  words = text.split() if isinstance(text, str) else list(text)
-  if len(words) + 2 > length:
-    raise DataError(f"shapes: {' '.join(words)!r} does not fit in {length} tokens")
-  ids = [BOS_ID] + [WORD_TO_ID.get(w, UNK_ID) for w in words] + [EOS_ID]
-  return np.asarray(ids + [PAD_ID] * (length - len(ids)), np.int32)
+  return word_ids.encode(text, length, WORD_TO_ID, "shapes")
 
 
 def decode(ids: np.ndarray | Sequence[int]) -> str | list[str]:
   """Ids -> text, stopping at <eos> and skipping <bos>/<pad>; a 2-D array gives a list."""
-  ids = np.asarray(ids)
-  if ids.ndim == 2:
-    return [decode(row) for row in ids]
-  words = []
-  for i in ids.tolist():
-    if i == EOS_ID:
-      break
-    if i not in (PAD_ID, BOS_ID):
-      words.append(VOCAB[i] if 0 <= i < len(VOCAB) else SPECIALS[UNK_ID])
-  return " ".join(words)
+  return word_ids.decode(ids, VOCAB)
 
 
 def describe(shape: int, colour: int, size: int, pos: int, grid: int) -> str:
