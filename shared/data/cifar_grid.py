@@ -365,14 +365,11 @@ def parse_caption(text: str | np.ndarray) -> list[tuple[str, str]] | None:
 
   The inverse of the captions here, for scoring generated ones; 'a' and 'an' are both accepted.
   """
-  if not isinstance(text, str):
-    text = decode(text)
-  text = text.strip()
-  if not text.endswith(" ."):
+  parts = word_ids.caption_parts(text if isinstance(text, str) else decode(text))
+  if parts is None:
     return None
   objects = []
-  for part in text[:-2].split(" and "):
-    words = part.split()
+  for words in parts:
     if len(words) < 4 or words[0] not in ("a", "an") or words[2:4] != ["at", "the"]:
       return None
     name, position = words[1], " ".join(words[4:])

@@ -74,14 +74,11 @@ def parse_caption(text: str | np.ndarray, grid: int = 3) -> list[tuple[str, str,
 
   The inverse of `caption`, for scoring generated captions attribute by attribute.
   """
-  if not isinstance(text, str):
-    text = decode(text)
-  text = text.strip()
-  if not text.endswith(" ."):
+  parts = word_ids.caption_parts(text if isinstance(text, str) else decode(text))
+  if parts is None:
     return None
   objects = []
-  for part in text[:-2].split(" and "):
-    words = part.split()
+  for words in parts:
     if len(words) < 6 or words[0] != "a" or words[4:6] != ["at", "the"]:
       return None
     size, colour, shape, position = words[1], words[2], words[3], " ".join(words[6:])

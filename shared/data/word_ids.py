@@ -39,3 +39,11 @@ def decode(ids: np.ndarray | Sequence[int], vocab: Sequence[str]) -> str | list[
     if i not in (PAD_ID, BOS_ID):
       words.append(vocab[i] if 0 <= i < len(vocab) else SPECIALS[UNK_ID])
   return " ".join(words)
+
+
+def caption_parts(text: str) -> list[list[str]] | None:
+  """'<object> and <object> .' -> the words of each object; None unless it ends with ' .'."""
+  text = text.strip()
+  if not text.endswith(" ."):
+    return None
+  return [part.split() for part in text[:-2].split(" and ")]
