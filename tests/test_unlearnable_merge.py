@@ -285,3 +285,4 @@ def test_the_real_cifar10_runs_merge(tmp_path):
   pairs = {(r["victim"], r["method"]): r for r in merged["metrics"]["paired"]}
   assert pairs["supervised", "em"]["seeds"] == [1] and pairs["simclr", "em"]["seeds"] == [0]
   assert pairs["supervised", "em_class"]["mean"] == pytest.approx(0.9466 - 0.1002)
+  assert (out / "victim_matrix.png").stat().st_size > 1000

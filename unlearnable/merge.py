@@ -16,7 +16,8 @@ or a source that is not a finished unlearnable run stops it with one line and ex
 
 It writes DIR/table.md (final and peak matrices, mean ± std (ddof 1) over seeds, the clean-data
 gates of the newest source's config, paired clean-minus-protected differences over seeds, wall
-times) and DIR/results.json (the cells, the gates, the paired rows, where each came from).
+times), DIR/results.json (the cells, the gates, the paired rows, where each came from) and
+DIR/victim_matrix.png (the final matrix as a heatmap from chance to 100%).
 """
 
 from __future__ import annotations
@@ -218,6 +219,39 @@ def _matrix(summary: dict, methods, victims) -> str:
   return "\n".join(rows)
 
 
+def save_heatmap(path: str, summary: dict, methods, victims, chance: float | None, title: str):
+  """victim_matrix.png: final clean-test accuracy per (protection, victim), coloured from chance
+  (dark: the data were unlearnable) to 100% (light), each cell annotated with mean ± std (n)."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  acc = np.full((len(methods), len(victims)), np.nan)
+  for i, m in enumerate(methods):
+    for j, v in enumerate(victims):
+      if summary.get(m, {}).get(v) is not None:
+        acc[i, j] = 100 * summary[m][v][0]
+  fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(victims), 1.0 + 0.55 * len(methods)))
+  low = 100 * chance if chance else 0.0
+  image = ax.imshow(acc, cmap="viridis", vmin=low, vmax=100, aspect="auto")
+  for i, m in enumerate(methods):
+    for j, v in enumerate(victims):
+      text = _cell_text(summary.get(m, {}).get(v)).replace(" (", "\n(")
+      dark = not np.isnan(acc[i, j]) and acc[i, j] < (low + 100) / 2
+      ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if dark else "k")
+  ax.set_xticks(range(len(victims)), [VICTIMS.get(v, v) for v in victims], fontsize=7, rotation=20)
+  ax.set_yticks(range(len(methods)), methods, fontsize=8)
+  ax.set_title(title, fontsize=8)
+  fig.colorbar(image, ax=ax, label="clean-test accuracy (%)")
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
 def paired_rows(cells: dict, methods, victims, verdict_allowed: bool) -> list[dict]:
   """Clean minus protected final accuracy per victim and method, over the seeds both ran."""
   rows = []
@@ -413,6 +447,16 @@ def merge(srcs: Sequence[str], out: str) -> dict:
   os.makedirs(out, exist_ok=True)
   workdir_lib.write_text(os.path.join(out, "table.md"), text)
   workdir_lib.write_json(os.path.join(out, "results.json"), merged)
+  gate_word = "gates met" if gates["verdict"] else "a gate not met: no verdicts"
+  title = f"final clean-test accuracy (%); {gate_word}" if gates["gates"] else "final accuracy (%)"
+  save_heatmap(
+    os.path.join(out, "victim_matrix.png"),
+    summary["final"],
+    methods,
+    victims,
+    1 / num_classes if num_classes else None,
+    title,
+  )
   merged["table"] = text
   return merged
 
@@ -433,7 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   merged = merge(args.sources, args.out)
   print(merged["table"], end="")
-  print(f"unlearnable.merge: {len(args.sources)} sources -> {args.out}/table.md, results.json")
+  print(
+    f"unlearnable.merge: {len(args.sources)} sources -> {args.out}/table.md, results.json, "
+    "victim_matrix.png"
+  )
   return 0
 
 
