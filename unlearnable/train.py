@@ -127,7 +127,7 @@ def _released_elsewhere(config, method, train, mdir) -> tuple[np.ndarray, dict]:
   src = os.path.join(config.protected_from, os.path.basename(seed_dir), method)
   path = os.path.join(src, "protected.npz")
   released = release.load_protected(path)  # DataError: missing, unreadable, wrong dtype / shape
-  if released["images"].shape[0] != len(train["label"]) or not np.array_equal(
+  if released["images"].size != train["image"].size or not np.array_equal(
     np.asarray(released["labels"]), np.asarray(train["label"])
   ):
     raise DataError(f"{path} was released for other data (images or labels differ from this run's)")
