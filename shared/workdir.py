@@ -159,6 +159,17 @@ def write_text(path: str, text: str, *, every_process: bool = False) -> None:
     _atomic(path, lambda f: f.write(text))
 
 
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+  """A matplotlib figure as PNG, atomically (a reader never sees half a file); closes it."""
+  import matplotlib.pyplot as plt  # noqa: PLC0415  (importing this module stays light)
+
+  try:
+    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi), mode="wb")
+  finally:
+    plt.close(fig)
+  return path
+
+
 def _write_npz(path: str, arrays: Mapping[str, Any]) -> None:
   """`np.savez(path, **arrays)`'s file, written through a temporary name and renamed into place."""
   host = {k: np.asarray(v) for k, v in arrays.items()}

@@ -245,11 +245,7 @@ def save_heatmap(path: str, summary: dict, methods, victims, chance: float | Non
   ax.set_title(title, fontsize=8)
   fig.colorbar(image, ax=ax, label="clean-test accuracy (%)")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return workdir_lib.save_figure(fig, path, dpi=110)
 
 
 def paired_rows(cells: dict, methods, victims, verdict_allowed: bool) -> list[dict]:

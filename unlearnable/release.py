@@ -161,8 +161,4 @@ def save_grid(path: str, clean_uint8, protected_uint8, eps: float, n: int = GRID
       if c == 0:
         ax.set_ylabel(name, fontsize=8)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return workdir.save_figure(fig, path, dpi=100)
