@@ -51,6 +51,20 @@ VICTIMS = {  # name -> column label
 DERIVED = {"simclr_clean_probe": ("simclr", "final_alt", "peak_alt")}
 
 
+def columns_of(victims) -> list[str]:
+  """Table columns of `victims`: each victim, followed by the columns derived from its run."""
+  return [c for v in victims for c in (v, *(n for n, (src, *_) in DERIVED.items() if src == v))]
+
+
+def derived_cells(victim: str, cell: dict) -> dict[str, dict]:
+  """{column: {final, peak}} that the cell of `victim` also gives (`DERIVED`)."""
+  return {
+    name: {"final": cell[final], "peak": cell[peak]}
+    for name, (source, final, peak) in DERIVED.items()
+    if source == victim and final in cell
+  }
+
+
 def victim_key(seed_key, victim: str):
   """The same victim initialisation and data order for every protection method (paired)."""
   return jax.random.fold_in(seed_key, zlib.crc32(victim.encode()) & 0x7FFFFFFF)

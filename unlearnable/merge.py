@@ -36,7 +36,8 @@ from shared import workdir as workdir_lib
 from shared.errors import ConfigError, DataError
 from shared.report import flatten
 from shared.stats import bootstrap_paired, verdict
-from unlearnable.evaluate import DERIVED, VICTIMS
+from unlearnable.evaluate import VICTIMS, columns_of, derived_cells
+from unlearnable.report import table_markdown
 from unlearnable.train import gate_check, gate_lines
 
 METHOD_ORDER = ("clean", "random", "em", "em_class", "tue", "dist")
@@ -107,11 +108,10 @@ def _source(src: str) -> dict:
         cell = workdir_lib.read_json(cell_path(s, m, v)) if one_cell else None
         if folder is not None and cell is not None:
           cells[m, v, s] = {"final": float(cell["final"]), "peak": float(cell["peak"])}
-          for name, (source, final, peak) in DERIVED.items():
-            if source == v and final in cell:
-              cells[m, name, s] = {"final": float(cell[final]), "peak": float(cell[peak])}
+          for name, got in derived_cells(v, cell).items():
+            cells[m, name, s] = {k: float(x) for k, x in got.items()}
         else:
-          for name in [v] + [n for n, (source, *_) in DERIVED.items() if source == v]:
+          for name in columns_of([v]):
             got = _single_seed_metrics(src, results, m, name, seeds)
             if got is not None:
               cells[m, name, s] = got
@@ -209,14 +209,7 @@ def _cell_text(triple) -> str:
 
 
 def _matrix(summary: dict, methods, victims) -> str:
-  rows = [
-    "| protection | " + " | ".join(VICTIMS.get(v, v) for v in victims) + " |",
-    "|---|" + "---:|" * len(victims),
-  ]
-  for m in methods:
-    cells = [_cell_text(summary.get(m, {}).get(v)) for v in victims]
-    rows.append(f"| {m} | " + " | ".join(cells) + " |")
-  return "\n".join(rows)
+  return table_markdown(summary, methods, victims, cell=_cell_text)
 
 
 def save_heatmap(path: str, summary: dict, methods, victims, chance: float | None, title: str):

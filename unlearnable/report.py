@@ -24,20 +24,17 @@ def summarise(per_seed: dict[int, dict[str, dict[str, dict]]], methods, victim_n
   return out
 
 
-def table_markdown(summary, methods, victim_names, percent: bool = True) -> str:
-  """Rows = protection method, columns = victim, cells = 'mean ± std' (in % when percent)."""
+def table_markdown(summary, methods, victim_names, percent: bool = True, cell=None) -> str:
+  """Rows = protection method, columns = victim, cells = 'mean ± std' (in % when percent), or
+  `cell((mean, std, n))` when given; '—' where the summary has no cell."""
   scale = 100.0 if percent else 1.0
+  cell = cell or (lambda t: f"{scale * t[0]:.1f} ± {scale * t[1]:.1f}")
   head = "| protection | " + " | ".join(VICTIMS.get(v, v) for v in victim_names) + " |"
   rule = "|---|" + "---:|" * len(victim_names)
   rows = [head, rule]
   for m in methods:
-    cells = []
-    for v in victim_names:
-      if v in summary.get(m, {}):
-        mean, std, _ = summary[m][v]
-        cells.append(f"{scale * mean:.1f} ± {scale * std:.1f}")
-      else:
-        cells.append("—")
+    row = summary.get(m, {})
+    cells = [cell(row[v]) if v in row else "—" for v in victim_names]
     rows.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
@@ -78,11 +75,9 @@ def results_section(workdir: str) -> str:
 
 def _section(workdir: str, res: dict) -> str:
   cfg, dev, m = res["config"], res["devices"], res["metrics"]
-  from unlearnable.evaluate import DERIVED
+  from unlearnable.evaluate import columns_of
 
-  cols = []
-  for v in cfg["victims"]:
-    cols += [v] + [name for name, (source, *_) in DERIVED.items() if source == v]
+  cols = columns_of(cfg["victims"])
   k = m["num_classes"]
   table = "\n".join(
     [

@@ -195,20 +195,14 @@ def run_seed(config, seed: int, sets: dict, num_classes: int, sdir: str) -> tupl
           evaluate.run_victim, config, victim, method, sets, delta, seed_key, num_classes, cdir
         ),
       )
-    for name, (source, final, peak) in evaluate.DERIVED.items():
-      if final in cells[method].get(source, {}):
-        cell = cells[method][source]
-        cells[method][name] = {"final": cell[final], "peak": cell[peak]}
+    for victim in config.victims:
+      cells[method].update(evaluate.derived_cells(victim, cells[method][victim]))
   return cells, infos
 
 
 def columns(config) -> list[str]:
   """The table's columns: the victims, each followed by the columns derived from its run."""
-  out = []
-  for v in config.victims:
-    out.append(v)
-    out += [name for name, (source, *_) in evaluate.DERIVED.items() if source == v]
-  return out
+  return evaluate.columns_of(config.victims)
 
 
 def gate_check(config, per_seed: dict) -> dict:
