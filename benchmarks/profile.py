@@ -1,0 +1,520 @@
+"""Where a method's jitted step spends its device time: a `jax.profiler` trace, per op class.
+
+    python -m benchmarks.profile --config configs/gradflow_prune.py:paper --what train_step \
+        --steps 5 --trace_dir runs/prof/traces --out runs/prof/profile.jsonl
+    python -m benchmarks.profile --from_trace runs/prof/traces/gradflow_prune_ddpm_train_bfloat16
+
+The step is the one `benchmarks.run` times (the method's `bench.cases`, `shared.benchmark.Case`):
+compiled and warmed up untraced, then `--steps` calls traced, each blocked and marked with a
+`StepTraceAnnotation`. The perfetto trace written under `<trace_dir>/<case>/plugins/profile/<run>/`
+is read back and its device time split into classes (`classify`): gemm (GEMMs and convolutions),
+attention, elementwise (norm, reduce and other fusions), optimizer, copy, collective, other, and
+idle (the step's wall time outside every device op). Time where ops overlap (several streams) is
+split evenly among them, so the classes add up to the step. One JSON line per case is appended to
+--out and a markdown table printed. `--from_trace PATH` summarises a trace already written.
+
+Which events are "device" ops: on a GPU, the kernels and memcpys on the `Stream #...` threads of the
+first `/device:GPU:N` process (not its derived `XLA Ops` / `XLA Modules` / `Steps` lines, which
+repeat them); on a device without stream lines, its `XLA Ops` line; on the CPU, the XLA thunks
+(events whose args carry `hlo_op`) of the lowest `device_ordinal`, nested ones (a `while` and its
+body) counted once, in the innermost. docs/benchmarks.md ("Profiling and peers") lists the rules.
+Bad input (unknown --what, no --config, an unreadable trace) is one line `error: ...`, exit 2.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+from absl import flags
+from ml_collections import config_flags
+
+from shared import cli
+from shared.errors import ConfigError, DataError, UserError
+
+CLASSES = ("gemm", "attention", "elementwise", "optimizer", "copy", "collective", "other", "idle")
+STEP_MARKER = "ibprune_profile_step"
+TOP_KERNELS = 15
+
+# Lines of a device process that xprof derives from the kernels (they repeat their time).
+DERIVED_LINES = (
+  "Steps",
+  "XLA Modules",
+  "XLA Ops",
+  "Async XLA Ops",
+  "XLA TraceMe",
+  "Framework Ops",
+  "TensorFlow Ops",
+  "Framework Name Scope",
+  "TensorFlow Name Scope",
+  "Source code",
+  "Launch Stats",
+)
+
+# Matched against the lower-cased kernel name and its `hlo_op`, in this order (first match wins).
+_COLLECTIVE = re.compile(
+  r"nccl|rccl|all[-_]?reduce|all[-_]?gather|reduce[-_]?scatter|collective[-_]permute|all[-_]to[-_]all"
+)
+_ATTENTION = re.compile(r"flash|fmha|sdpa|attention|attn|softmax")
+_GEMM = re.compile(
+  r"gemm|cublas|cutlass|xmma|wgmma|hmma|nvjet|matmul|cudnn|cijk|winograd|implicit_convolve"
+  r"|sm\d{2,3}_|(?<![a-z])dot|conv(?!ert)"
+)
+_COPY = re.compile(
+  r"memcpy|memset|copy|transpose|concatenate|dynamic[-_]update[-_]slice|nchwtonhwc|nhwctonchw"
+)
+_ELEMENTWISE = re.compile(
+  r"fusion|reduce|norm|elementwise|broadcast|select|convert|wrapped|^loop|^input|triton"
+)
+# A name-stack component that names the update (none of ours do yet: see docs/benchmarks.md).
+_OPTIMIZER = re.compile(r"(^|[/(])(optimizer|apply_gradients|optax|adamw?|sgd|ema)(?=[/()\s]|$)")
+# Arguments of a kernel event that may carry its JAX name stack (the HLO op's metadata op_name);
+# `long_name` is the HLO text, whose metadata={op_name="..."} holds it.
+_NAME_STACK_KEYS = ("tf_op", "op_name", "name", "scope")
+_OP_NAME_IN_HLO = re.compile(r'op_name="([^"]*)"')
+
+
+def name_stack(args: dict) -> str:
+  """The JAX name stack(s) an event's args carry ("jit(step)/transpose(jvp(UNet))/..."), or ""."""
+  parts = [
+    str(args[k]) for k in _NAME_STACK_KEYS if isinstance(args.get(k), str) and "/" in args[k]
+  ]
+  parts += _OP_NAME_IN_HLO.findall(str(args.get("long_name", "")))
+  return " ".join(parts)
+
+
+def classify(name: str, args: dict, *, grad_step: bool = False) -> str:
+  """The op class of one device event, from its kernel name and its trace args.
+
+  Args:
+    name: the event's name (a GPU kernel's name, or an XLA CPU thunk's HLO op name).
+    args: the event's args (`hlo_op`, `tf_op`, ... where the trace has them).
+    grad_step: the step differentiates something (some op's name stack has `transpose(jvp(`): an
+      elementwise op whose name stack lies outside the differentiated function (no `jvp(` and no
+      `transpose(` in it) is the update that follows the gradient (optimizer, EMA, the gradient
+      norm; a PGD step's signed update and projection).
+
+  Returns:
+    One of CLASSES other than "idle".
+  """
+  text = f"{name} {args.get('hlo_op', '')}".lower()
+  if _COLLECTIVE.search(text):
+    return "collective"
+  if _ATTENTION.search(text):
+    return "attention"
+  if _GEMM.search(text):
+    return "gemm"
+  if _COPY.search(text):
+    return "copy"
+  stack = name_stack(args)
+  if _OPTIMIZER.search(stack.lower()):
+    return "optimizer"
+  base = "elementwise" if _ELEMENTWISE.search(text) else "other"
+  if grad_step and base == "elementwise" and stack and "jvp(" not in stack:
+    return "optimizer"  # the backward pass's ops are under "transpose(jvp(...))" too
+  return base
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a trace
+
+
+def find_trace(path: str) -> str:
+  """The trace file at `path`: the file itself, or the newest `*.trace.json.gz` run under it."""
+  if os.path.isfile(path):
+    return path
+  if not os.path.isdir(path):
+    raise DataError(f"trace {path!r}: no such file or directory")
+  found = []
+  for pattern in ("perfetto_trace.json.gz", "*.trace.json.gz", "*.trace.json"):
+    found += glob.glob(os.path.join(path, "**", pattern), recursive=True)
+  if not found:
+    raise DataError(f"trace {path!r}: no perfetto_trace.json.gz or *.trace.json.gz under it")
+  newest = max(os.path.dirname(f) for f in found)  # run folders are named by their start time
+  in_newest = sorted(f for f in found if os.path.dirname(f) == newest)
+  perfetto = [f for f in in_newest if os.path.basename(f) == "perfetto_trace.json.gz"]
+  return (perfetto or in_newest)[0]
+
+
+def read_events(path: str) -> list[dict]:
+  """The `traceEvents` of a Chrome/perfetto JSON trace (gzipped or not)."""
+  try:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+      data = json.load(f)
+  except (OSError, EOFError, ValueError) as e:
+    raise DataError(f"trace {path}: {e}") from None
+  events = data.get("traceEvents") if isinstance(data, dict) else data
+  if not isinstance(events, list):
+    raise DataError(f"trace {path}: no traceEvents list")
+  return events
+
+
+def _names(events: list[dict]) -> tuple[dict, dict]:
+  procs, threads = {}, {}
+  for e in events:
+    if e.get("ph") != "M":
+      continue
+    label = (e.get("args") or {}).get("name", "")
+    if e.get("name") == "process_name":
+      procs[e.get("pid")] = label
+    elif e.get("name") == "thread_name":
+      threads[(e.get("pid"), e.get("tid"))] = label
+  return procs, threads
+
+
+def _complete(events):
+  return [e for e in events if e.get("ph") == "X" and "ts" in e and e.get("dur") is not None]
+
+
+def device_events(events: list[dict]) -> tuple[list[dict], str]:
+  """The device ops of the first device in the trace, and where they were read from."""
+  procs, threads = _names(events)
+  spans = _complete(events)
+  accel = sorted(
+    (int(m.group(2)), m.group(1), pid)
+    for pid, label in procs.items()
+    if (m := re.match(r"/device:(GPU|TPU|ROCM)[^:]*:(\d+)", label))
+  )
+  for _, _, pid in accel:
+    tids = {t for (p, t), label in threads.items() if p == pid}
+    streams = {t for t in tids if threads[(pid, t)].startswith("Stream")}
+    if streams:
+      picked = [e for e in spans if e.get("pid") == pid and e.get("tid") in streams]
+      source = f"{procs[pid]} stream threads"
+    else:
+      ops = {t for t in tids if threads[(pid, t)] == "XLA Ops"}
+      picked = [e for e in spans if e.get("pid") == pid and e.get("tid") in ops]
+      source = f"{procs[pid]} XLA Ops line"
+    if picked:
+      return picked, source
+  thunks = [
+    e
+    for e in spans
+    if "hlo_op" in (e.get("args") or {}) and not str(e.get("name", "")).startswith("end: ")
+  ]
+  ordinals = {str(e["args"].get("device_ordinal", "")) for e in thunks}
+  first = min(
+    ordinals, key=lambda o: (not o.isdigit(), int(o) if o.isdigit() else 0, o), default=""
+  )
+  picked = [e for e in thunks if str(e["args"].get("device_ordinal", "")) == first]
+  return picked, f"XLA CPU thunks (device_ordinal {first or '?'})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Summarising
+
+
+def _innermost_segments(track: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+  """Non-overlapping (start, end, event) pieces of one thread's events, each owned by the
+  innermost event covering it (a parent keeps only its self time). An event that starts inside
+  another but outside-ends it (not properly nested) takes the overlap from the earlier one."""
+  out = []
+  stack: list[tuple[float, int]] = []  # (end, event)
+  cursor = 0.0
+  for start, end, i in sorted(track, key=lambda s: (s[0], -s[1])):
+    while stack and stack[-1][0] <= start:
+      top_end, top = stack.pop()
+      out.append((cursor, top_end, top))
+      cursor = top_end
+    if stack:
+      out.append((cursor, start, stack[-1][1]))
+    cursor = start
+    while stack and stack[-1][0] < end:
+      stack.pop()
+    stack.append((end, i))
+  while stack:
+    top_end, top = stack.pop()
+    out.append((cursor, top_end, top))
+    cursor = top_end
+  return [(s, e, i) for s, e, i in out if e > s]
+
+
+def attribute(spans: list[tuple[float, float, tuple]]) -> tuple[list[float], float]:
+  """Busy time of each event and the length of the union of all of them.
+
+  Args:
+    spans: (start, end, track) of each event; events of one track nest, tracks run concurrently.
+
+  Returns:
+    (time of each event, union): each instant's time goes to the innermost event of every track
+    busy then, split evenly when several tracks are, so the times add up to the union.
+  """
+  tracks: dict = defaultdict(list)
+  for i, (start, end, track) in enumerate(spans):
+    tracks[track].append((start, end, i))
+  boundaries = []
+  for track in tracks.values():
+    for start, end, i in _innermost_segments(track):
+      boundaries.append((start, 1, i))
+      boundaries.append((end, -1, i))
+  boundaries.sort(key=lambda b: (b[0], b[1]))
+  owned = [0.0] * len(spans)
+  active: dict[int, int] = defaultdict(int)
+  union, last = 0.0, None
+  for t, kind, i in boundaries:
+    if active and last is not None and t > last:
+      share = (t - last) / len(active)
+      for j in active:
+        owned[j] += share
+      union += t - last
+    last = t
+    if kind > 0:
+      active[i] += 1
+    else:
+      active[i] -= 1
+      if not active[i]:
+        del active[i]
+  return owned, union
+
+
+def summarize(events: list[dict], steps: int | None = None, top: int = TOP_KERNELS) -> dict:
+  """Device time per op class and the top kernels, per step, from a trace's events.
+
+  Args:
+    events: a Chrome/perfetto trace's `traceEvents` (metadata events name processes/threads).
+    steps: steps traced; None = the number of `STEP_MARKER` events (each traced call is one).
+    top: how many kernels to list.
+
+  Returns:
+    {steps, step_ms, busy_ms, device_source, classes: {class: {ms_per_step, share}},
+    top_kernels: [{name, ms_per_step, calls_per_step, class}]}; the step's wall time is the span
+    of the step markers (widened to every device op); idle = wall - union of device ops.
+  """
+  ops, source = device_events(events)
+  if not ops:
+    raise DataError("trace has no device ops (no GPU stream kernels, no XLA CPU thunks)")
+  marks = [e for e in _complete(events) if e.get("name") == STEP_MARKER]
+  steps = steps or len(marks)
+  if not steps:
+    raise DataError(f"trace has no {STEP_MARKER!r} events: pass the number of steps traced")
+  starts = [float(e["ts"]) for e in ops + marks]
+  ends = [float(e["ts"]) + float(e["dur"]) for e in ops + marks]
+  wall_us = max(ends) - min(starts)
+  spans = [
+    (float(e["ts"]), float(e["ts"]) + float(e["dur"]), (e.get("pid"), e.get("tid"))) for e in ops
+  ]
+  owned, busy_us = attribute(spans)
+  grad_step = any("transpose(jvp(" in name_stack(e.get("args") or {}) for e in ops)
+  per_class: dict[str, float] = dict.fromkeys(CLASSES, 0.0)
+  per_kernel: dict[str, list] = {}
+  for e, us in zip(ops, owned, strict=True):
+    name = str(e.get("name", ""))
+    if name not in per_kernel:
+      per_kernel[name] = [0.0, 0, classify(name, e.get("args") or {}, grad_step=grad_step)]
+    entry = per_kernel[name]
+    entry[0] += us
+    entry[1] += 1
+    per_class[entry[2]] += us
+  per_class["idle"] = max(wall_us - busy_us, 0.0)
+  step_ms = wall_us / 1e3 / steps
+
+  def ms(us):
+    return round(us / 1e3 / steps, 6)
+
+  kernels = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]
+  return {
+    "steps": steps,
+    "step_ms": round(step_ms, 6),
+    "busy_ms": ms(busy_us),
+    "device_source": source,
+    "differentiated": grad_step,
+    "classes": {
+      c: {"ms_per_step": ms(us), "share": round(us / wall_us, 6) if wall_us else 0.0}
+      for c, us in per_class.items()
+    },
+    "top_kernels": [
+      {"name": n, "ms_per_step": ms(v[0]), "calls_per_step": v[1] / steps, "class": v[2]}
+      for n, v in kernels
+    ],
+  }
+
+
+def markdown(rows: list[dict], top: int = 5) -> str:
+  """One table of classes (ms per step and share) for all rows, then each row's top kernels."""
+  head = "| case | batch | step ms | " + " | ".join(CLASSES) + " |"
+  lines = [head, "|" + "---|" * (3 + len(CLASSES))]
+  for r in rows:
+    cells = [
+      f"{r['classes'][c]['ms_per_step']:.2f} ({r['classes'][c]['share']:.0%})" for c in CLASSES
+    ]
+    batch = r.get("batch_size")
+    lines.append(
+      f"| {r['case']} | {batch if batch else '—'} | {r['step_ms']:.2f} | "
+      + " | ".join(cells)
+      + " |"
+    )
+  for r in rows:
+    lines += ["", f"Top kernels of {r['case']} ({r['device_source']}):", ""]
+    lines += ["| kernel | class | ms/step | calls/step |", "|---|---|---|---|"]
+    for k in r["top_kernels"][:top]:
+      name = k["name"] if len(k["name"]) <= 80 else k["name"][:77] + "..."
+      name = name.replace("|", "\\|")
+      lines.append(
+        f"| `{name}` | {k['class']} | {k['ms_per_step']:.3f} | {k['calls_per_step']:g} |"
+      )
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracing a case
+
+
+def _case_folder(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def trace_case(case, steps: int, warmup: int, trace_dir: str) -> tuple[str, list[float]]:
+  """Compiles and warms `case` up untraced, then traces `steps` blocked, marked calls.
+
+  Returns the trace file written and the host wall time of each traced call (s).
+  """
+  import jax
+
+  from shared import benchmark as harness
+
+  harness.time_calls(case, steps=0, warmup=warmup)  # compile + warm-up; keeps the donation chain
+  folder = os.path.join(trace_dir, _case_folder(case.name))
+  os.makedirs(folder, exist_ok=True)
+  args, times = case.args, []
+  jax.profiler.start_trace(folder, create_perfetto_trace=True)
+  try:
+    for i in range(steps):
+      t0 = time.perf_counter()
+      with jax.profiler.StepTraceAnnotation(STEP_MARKER, step_num=i):
+        out = case.step(*args)
+        jax.block_until_ready(out)
+      times.append(time.perf_counter() - t0)
+      if case.carry:
+        args = (out[0] if isinstance(out, tuple) else out, *args[1:])
+  finally:
+    jax.profiler.stop_trace()
+  case.args = args
+  return find_trace(folder), times
+
+
+def profile(config, what: str, batch: int, steps: int, warmup: int, trace_dir: str) -> list[dict]:
+  """Traces and summarises every case `benchmarks.run` would time for (config, what, batch)."""
+  import jax
+
+  from benchmarks.cases import BENCH_MODULES
+
+  method = config.get("method")
+  if method not in BENCH_MODULES:
+    raise ConfigError(f"no benchmark cases for method {method!r}; known: {sorted(BENCH_MODULES)}")
+  if batch and batch % jax.device_count():
+    raise ConfigError(f"--batch {batch} does not split over {jax.device_count()} devices")
+  cases = BENCH_MODULES[method]().cases(config, what, batch or None)
+  rows = []
+  for case in cases:
+    path, times = trace_case(case, steps, warmup, trace_dir)
+    summary = summarize(read_events(path), steps)
+    rows.append(
+      {
+        "case": case.name,
+        "what": what,
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "batch_size": case.batch_size,
+        "dtype": case.meta.get("dtype"),
+        "step_ms_host_median": 1e3 * statistics.median(times),
+        "trace": path,
+        **summary,
+      }
+    )
+  return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+FLAGS = flags.FlagValues()  # its own flag set: benchmarks.run's flags share these names
+config_flags.DEFINE_config_file(
+  "config", None, "Method config file[:variant].", lock_config=True, flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "what", "train_step", "train_step | sample | perturb (per method).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+  "batch", 0, "Global batch size; 0 = the method's paper-scale default.", flag_values=FLAGS
+)
+flags.DEFINE_integer("steps", 5, "Traced calls after warm-up.", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 3, "Untraced calls after the compiling one.", flag_values=FLAGS)
+flags.DEFINE_string(
+  "trace_dir", "", "Folder for the raw traces (one sub-folder per case).", flag_values=FLAGS
+)
+flags.DEFINE_string("out", "", "Append one JSON line per case here.", flag_values=FLAGS)
+flags.DEFINE_string(
+  "from_trace", "", "Only summarise this trace file or folder.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "case", "", "Case name for --from_trace (default: the folder's name).", flag_values=FLAGS
+)
+USAGE = (
+  "usage: python -m benchmarks.profile --config configs/<method>.py[:variant] "
+  "--what train_step|sample|perturb [--batch N] [--steps K] --trace_dir DIR [--out FILE.jsonl] "
+  "| --from_trace PATH [--case NAME] [--steps K]"
+)
+
+
+def _parse(argv: list[str]):
+  FLAGS.unparse_flags()  # defaults again: main() may run more than once in a process (tests)
+  try:
+    FLAGS(argv)
+    config = FLAGS.config
+    if config is not None:
+      config.to_json_best_effort()  # a lazily failed load raises here
+  except flags.Error as e:
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # ml_collections raises several types for a bad config file or override
+    cause = e.__cause__ or e.__context__
+    raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
+  if FLAGS.from_trace:
+    return None
+  if config is None:
+    raise ConfigError(f"--config is required (or --from_trace); {USAGE}")
+  if not FLAGS.trace_dir:
+    raise ConfigError(f"--trace_dir is required; {USAGE}")
+  if FLAGS.steps < 1 or FLAGS.warmup < 0:
+    raise ConfigError(f"--steps must be >= 1 and --warmup >= 0; {USAGE}")
+  try:
+    os.makedirs(FLAGS.trace_dir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--trace_dir {FLAGS.trace_dir}: {e.strerror or e}") from None
+  if not os.access(FLAGS.trace_dir, os.W_OK | os.X_OK):
+    raise ConfigError(f"--trace_dir {FLAGS.trace_dir}: not writable")
+  return config
+
+
+def main(argv=None) -> int:
+  argv = sys.argv if argv is None else list(argv)
+  if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
+    print(f"{USAGE}\n\n{__doc__.strip()}\n\nflags:\n{FLAGS.module_help(__name__)}")
+    return 0
+  config = _parse(argv)
+  if FLAGS.from_trace:
+    path = find_trace(FLAGS.from_trace)
+    name = FLAGS.case or os.path.basename(os.path.normpath(FLAGS.from_trace))
+    steps = FLAGS.steps if FLAGS["steps"].present else None  # else: the step markers
+    rows = [{"case": name, "trace": path, **summarize(read_events(path), steps)}]
+  else:
+    rows = profile(config, FLAGS.what, FLAGS.batch, FLAGS.steps, FLAGS.warmup, FLAGS.trace_dir)
+  for r in rows:
+    line = json.dumps(r)
+    print(line)
+    if FLAGS.out:
+      with open(FLAGS.out, "a") as f:
+        f.write(line + "\n")
+  print(markdown(rows))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli.guarded(main))
