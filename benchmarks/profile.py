@@ -1,7 +1,8 @@
 """Where a method's jitted step spends its device time: a `jax.profiler` trace, per op class.
 
-    python -m benchmarks.profile --config configs/gradflow_prune.py:paper --what train_step \
-        --steps 5 --trace_dir runs/prof/traces --out runs/prof/profile.jsonl
+    python -m benchmarks.profile --config configs/mcae.py:paper --what train_step --trace_dir T
+    python -m benchmarks.profile --config configs/gradflow_prune.py:paper --what sample --steps 5
+        --only forward_ --trace_dir runs/prof/traces --out runs/prof/profile.jsonl
     python -m benchmarks.profile --from_trace runs/prof/traces/gradflow_prune_ddpm_train_bfloat16
 
 The step is the one `benchmarks.run` times (the method's `bench.cases`, `shared.benchmark.Case`):
@@ -284,9 +285,11 @@ def summarize(events: list[dict], steps: int | None = None, top: int = TOP_KERNE
     top: how many kernels to list.
 
   Returns:
-    {steps, step_ms, busy_ms, device_source, classes: {class: {ms_per_step, share}},
-    top_kernels: [{name, ms_per_step, calls_per_step, class}]}; the step's wall time is the span
-    of the step markers (widened to every device op); idle = wall - union of device ops.
+    {steps, step_ms, busy_ms, device_source, step_window, differentiated, classes: {class:
+    {ms_per_step, share}}, top_kernels: [{name, ms_per_step, calls_per_step, class}]}. The wall
+    time of the steps is the span of the step markers widened to every device op (the span of the
+    device ops where there are no markers, or where most ops lie outside them: another clock);
+    idle = wall - union of the device ops.
   """
   ops, source = device_events(events)
   if not ops:
@@ -295,24 +298,36 @@ def summarize(events: list[dict], steps: int | None = None, top: int = TOP_KERNE
   steps = steps or len(marks)
   if not steps:
     raise DataError(f"trace has no {STEP_MARKER!r} events: pass the number of steps traced")
-  starts = [float(e["ts"]) for e in ops + marks]
-  ends = [float(e["ts"]) + float(e["dur"]) for e in ops + marks]
-  wall_us = max(ends) - min(starts)
   spans = [
     (float(e["ts"]), float(e["ts"]) + float(e["dur"]), (e.get("pid"), e.get("tid"))) for e in ops
   ]
+  window = "step markers"
+  edges = [(s, e) for s, e, _ in spans]
+  if marks:
+    m0 = min(float(e["ts"]) for e in marks)
+    m1 = max(float(e["ts"]) + float(e["dur"]) for e in marks)
+    inside = sum(max(0.0, min(e, m1) - max(s, m0)) for s, e in edges)
+    if inside >= 0.5 * sum(e - s for s, e in edges):
+      edges.append((m0, m1))
+    else:  # the device's clock is not the host's here: time the steps by the device ops
+      window = "device ops (most lie outside the step markers)"
+  else:
+    window = "device ops (no step markers)"
+  wall_us = max(e for _, e in edges) - min(s for s, _ in edges)
   owned, busy_us = attribute(spans)
   grad_step = any("transpose(jvp(" in name_stack(e.get("args") or {}) for e in ops)
   per_class: dict[str, float] = dict.fromkeys(CLASSES, 0.0)
-  per_kernel: dict[str, list] = {}
+  per_kernel: dict[tuple[str, str], list] = {}  # (name, class) -> [us, calls]
+  classes: dict[tuple, str] = {}  # one kernel name can serve several HLO ops: classify each
   for e, us in zip(ops, owned, strict=True):
-    name = str(e.get("name", ""))
-    if name not in per_kernel:
-      per_kernel[name] = [0.0, 0, classify(name, e.get("args") or {}, grad_step=grad_step)]
-    entry = per_kernel[name]
+    name, args = str(e.get("name", "")), e.get("args") or {}
+    key = (name, str(args.get("hlo_op", "")), name_stack(args))
+    if key not in classes:
+      classes[key] = classify(name, args, grad_step=grad_step)
+    entry = per_kernel.setdefault((name, classes[key]), [0.0, 0])
     entry[0] += us
     entry[1] += 1
-    per_class[entry[2]] += us
+    per_class[classes[key]] += us
   per_class["idle"] = max(wall_us - busy_us, 0.0)
   step_ms = wall_us / 1e3 / steps
 
@@ -325,14 +340,15 @@ def summarize(events: list[dict], steps: int | None = None, top: int = TOP_KERNE
     "step_ms": round(step_ms, 6),
     "busy_ms": ms(busy_us),
     "device_source": source,
+    "step_window": window,
     "differentiated": grad_step,
     "classes": {
       c: {"ms_per_step": ms(us), "share": round(us / wall_us, 6) if wall_us else 0.0}
       for c, us in per_class.items()
     },
     "top_kernels": [
-      {"name": n, "ms_per_step": ms(v[0]), "calls_per_step": v[1] / steps, "class": v[2]}
-      for n, v in kernels
+      {"name": n, "ms_per_step": ms(v[0]), "calls_per_step": v[1] / steps, "class": c}
+      for (n, c), v in kernels
     ],
   }
 
@@ -400,8 +416,11 @@ def trace_case(case, steps: int, warmup: int, trace_dir: str) -> tuple[str, list
   return find_trace(folder), times
 
 
-def profile(config, what: str, batch: int, steps: int, warmup: int, trace_dir: str) -> list[dict]:
-  """Traces and summarises every case `benchmarks.run` would time for (config, what, batch)."""
+def profile(
+  config, what: str, batch: int, steps: int, warmup: int, trace_dir: str, only: str = ""
+) -> list[dict]:
+  """Traces and summarises every case `benchmarks.run` would time for (config, what, batch), or
+  those whose name `only` (a regular expression) matches."""
   import jax
 
   from benchmarks.cases import BENCH_MODULES
@@ -412,6 +431,10 @@ def profile(config, what: str, batch: int, steps: int, warmup: int, trace_dir: s
   if batch and batch % jax.device_count():
     raise ConfigError(f"--batch {batch} does not split over {jax.device_count()} devices")
   cases = BENCH_MODULES[method]().cases(config, what, batch or None)
+  if only:
+    cases = [c for c in cases if re.search(only, c.name)]
+    if not cases:
+      raise ConfigError(f"--only {only!r} matches no case of {method} --what {what}")
   rows = []
   for case in cases:
     path, times = trace_case(case, steps, warmup, trace_dir)
@@ -452,6 +475,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("out", "", "Append one JSON line per case here.", flag_values=FLAGS)
 flags.DEFINE_string(
+  "only",
+  "",
+  "Profile only the cases whose name this regular expression matches.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
   "from_trace", "", "Only summarise this trace file or folder.", flag_values=FLAGS
 )
 flags.DEFINE_string(
@@ -459,7 +488,8 @@ flags.DEFINE_string(
 )
 USAGE = (
   "usage: python -m benchmarks.profile --config configs/<method>.py[:variant] "
-  "--what train_step|sample|perturb [--batch N] [--steps K] --trace_dir DIR [--out FILE.jsonl] "
+  "--what train_step|sample|perturb [--batch N] [--steps K] [--only REGEX] --trace_dir DIR "
+  "[--out FILE.jsonl] "
   "| --from_trace PATH [--case NAME] [--steps K]"
 )
 
@@ -505,7 +535,9 @@ def main(argv=None) -> int:
     steps = FLAGS.steps if FLAGS["steps"].present else None  # else: the step markers
     rows = [{"case": name, "trace": path, **summarize(read_events(path), steps)}]
   else:
-    rows = profile(config, FLAGS.what, FLAGS.batch, FLAGS.steps, FLAGS.warmup, FLAGS.trace_dir)
+    rows = profile(
+      config, FLAGS.what, FLAGS.batch, FLAGS.steps, FLAGS.warmup, FLAGS.trace_dir, FLAGS.only
+    )
   for r in rows:
     line = json.dumps(r)
     print(line)

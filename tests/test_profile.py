@@ -129,7 +129,7 @@ def gpu_trace(n_steps=2, period=100.0):
 def test_summarize_gpu_trace_splits_overlaps_and_counts_idle():
   s = profile.summarize(gpu_trace())
   assert s["steps"] == 2 and s["step_ms"] == pytest.approx(0.1)
-  assert s["device_source"].startswith("/device:GPU:0")
+  assert s["device_source"].startswith("/device:GPU:0") and s["step_window"] == "step markers"
   assert s["differentiated"] is True
   ms = {c: v["ms_per_step"] for c, v in s["classes"].items()}
   # Busy union [10, 80] of each 100 us step; [30, 40] shared by gemm and memcpy, [40, 50] by
@@ -162,6 +162,16 @@ def test_summarize_steps_without_markers_span_the_device_ops():
   # From the first op (10) to the last (180): 170 us over 2 steps, 140 of them busy.
   assert s["step_ms"] == pytest.approx(0.085)
   assert s["classes"]["idle"]["ms_per_step"] == pytest.approx(0.015)
+
+
+def test_device_ops_on_another_clock_are_timed_by_themselves():
+  events = gpu_trace()
+  for e in events:
+    if e.get("pid") == GPU0 and e.get("ph") == "X":
+      e["ts"] += 1e6
+  s = profile.summarize(events)
+  assert s["steps"] == 2 and s["step_window"].startswith("device ops")
+  assert s["step_ms"] == pytest.approx(0.085)  # [10, 180] over 2 steps, as without markers
 
 
 def test_attribute_nested_and_partially_overlapping_events():
