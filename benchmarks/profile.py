@@ -128,7 +128,8 @@ def classify(name: str, args: dict, *, grad_step: bool = False) -> str:
 
 
 def find_trace(path: str) -> str:
-  """The trace file at `path`: the file itself, or the newest `*.trace.json.gz` run under it."""
+  """The trace file at `path`: the file itself, or the newest run's under it (a case's folder,
+  `plugins/profile/<run>`, ...), its `perfetto_trace.json.gz` before any `*.trace.json.gz`."""
   if os.path.isfile(path):
     return path
   if not os.path.isdir(path):
@@ -138,7 +139,8 @@ def find_trace(path: str) -> str:
     found += glob.glob(os.path.join(path, "**", pattern), recursive=True)
   if not found:
     raise DataError(f"trace {path!r}: no perfetto_trace.json.gz or *.trace.json.gz under it")
-  newest = max(os.path.dirname(f) for f in found)  # run folders are named by their start time
+  # Run folders are named by their start time (YYYY_MM_DD_HH_MM_SS): the newest name wins.
+  newest = max((os.path.basename(os.path.dirname(f)), os.path.dirname(f)) for f in found)[1]
   in_newest = sorted(f for f in found if os.path.dirname(f) == newest)
   perfetto = [f for f in in_newest if os.path.basename(f) == "perfetto_trace.json.gz"]
   return (perfetto or in_newest)[0]

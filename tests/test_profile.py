@@ -209,8 +209,8 @@ def test_cpu_thunks_nest_and_take_the_first_device():
 
 
 def test_find_trace_picks_the_newest_run_and_reads_it(tmp_path):
-  for run, n in (("2026_01_01_00_00_00", 1), ("2026_01_02_00_00_00", 2)):
-    folder = tmp_path / "plugins" / "profile" / run
+  for case, run, n in (("b", "2026_01_01_00_00_00", 1), ("a", "2026_01_02_00_00_00", 2)):
+    folder = tmp_path / case / "plugins" / "profile" / run
     folder.mkdir(parents=True)
     with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
       json.dump({"traceEvents": gpu_trace(n_steps=n)}, f)
