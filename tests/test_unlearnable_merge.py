@@ -212,6 +212,25 @@ def test_simclr_keys_compare_only_between_simclr_runs_and_a_missing_key_is_a_not
   assert "'simclr_victim.epochs'" in err and sim in err and other in err
 
 
+def test_other_arch_and_generator_blocks_compare_only_where_they_are_used(tmp_path, capsys):
+  # Clean gate runs made before other_arch changed and before em.bn existed: not refused.
+  clean = _clean_bares(tmp_path, other_arch="small_cnn", em={"bn": "batch"})
+  em = workdir(tmp_path / "em", "em", "supervised", {0: 0.2}, other_arch="vgg16", em={"bn": "running"})
+  vgg = workdir(
+    tmp_path / "vgg", "em", "supervised_other", {0: 0.3}, other_arch="vgg16", em={"bn": "running"}
+  )
+  out = tmp_path / "m"
+  assert cli.guarded(merge_lib.main, [*clean, em, vgg, "--out", str(out)]) == 0
+  merged, _ = _read(out)
+  assert merged["notes"] == [] and merged["cells"]["em"]["supervised_other"]["0"]["final"] == 0.3
+  # Between sources that use them they must agree.
+  vgg2 = workdir(tmp_path / "vgg2", "em", "supervised_other", {1: 0.3}, other_arch="resnet18",
+                 em={"bn": "running"})  # fmt: skip
+  assert "'other_arch'" in _refused([vgg, vgg2, "--out", str(tmp_path / "x")], capsys)
+  emc = workdir(tmp_path / "emc", "em_class", "supervised", {0: 0.1}, em={"bn": "batch"})
+  assert "'em.bn'" in _refused([em, emc, "--out", str(tmp_path / "y")], capsys)
+
+
 def test_refuses_a_differing_config_key(tmp_path, capsys):
   clean = _clean_bares(tmp_path)
   em = workdir(tmp_path / "em", "em", "supervised", {0: 0.2}, eps=4 / 255)
@@ -286,3 +305,27 @@ def test_the_real_cifar10_runs_merge(tmp_path):
   assert pairs["supervised", "em"]["seeds"] == [1] and pairs["simclr", "em"]["seeds"] == [0]
   assert pairs["supervised", "em_class"]["mean"] == pytest.approx(0.9466 - 0.1002)
   assert (out / "victim_matrix.png").stat().st_size > 1000
+
+
+REAL_BN_RUNNING = [  # EM with em.bn = "running" (2026-12-03, second session), beside the gate runs
+  *REAL[:6],
+  *(f"2026-12-03_cifar10_em_h200/{w}" for w in ("emc_sup_s0", "rand_sup_s0")),
+  *(f"2026-12-03b_cifar10_em_bnrunning_h200/{w}" for w in ("em_s0", "em_s1", "em_s0_vgg")),
+]
+
+
+def test_the_real_cifar10_runs_with_eval_mode_bn_em_merge(tmp_path):
+  sources = [os.path.join(RUNS, p) for p in REAL_BN_RUNNING]
+  if not all(os.path.exists(p) for p in sources):
+    pytest.skip("the CIFAR-10 runs under docs/runs are not all in this checkout")
+  out = tmp_path / "merged"
+  assert cli.guarded(merge_lib.main, [*sources, "--out", str(out)]) == 0
+  merged, table = _read(out)
+  em = merged["cells"]["em"]
+  assert sorted(em) == ["supervised", "supervised_other"] and sorted(em["supervised"]) == ["0", "1"]
+  finals = [em["supervised"][s]["final"] for s in ("0", "1")]
+  mean, _, n = merged["metrics"]["final"]["em"]["supervised"]
+  assert n == 2 and mean == pytest.approx(np.mean(finals)) and max(finals) < 0.25
+  pairs = {(r["victim"], r["method"]): r for r in merged["metrics"]["paired"]}
+  assert pairs["supervised", "em"]["seeds"] == [0, 1] and pairs["supervised", "em"]["lo"] > 0.5
+  assert "| em | 17.97 ± 4.60 (n=2) | 26.44 (n=1) |" in table

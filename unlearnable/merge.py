@@ -9,7 +9,9 @@ from `metrics.final` / `metrics.peak`, which must then hold a single seed.
 
 The sources must have run one experiment: their configs, flattened to dotted keys, agree on every
 key but methods, victims, seeds, seed, gates, generator, protected_from and run.*;
-`simclr_victim.*` is compared only between sources with a simclr victim and `release_uint8` only
+`simclr_victim.*` is compared only between sources with a simclr victim, `other_arch` only between
+sources with a supervised_other victim, a generator's block (`em.*`, `tue.*`, `dist.*`, `lsp.*`,
+`ar.*`) only between sources that protect with a method it makes, and `release_uint8` only
 between sources that protect with a method other than clean. A key that some sources lack (older
 code) is listed in a note, not refused. Another value, a (method, victim, seed) cell given twice,
 or a source that is not a finished unlearnable run stops it with one line and exit code 2.
@@ -42,6 +44,14 @@ from unlearnable.train import gate_check, gate_lines
 
 METHOD_ORDER = ("clean", "random", "em", "em_class", "tue", "dist")
 IGNORED = ("methods", "victims", "seeds", "seed", "gates", "run", "generator", "protected_from")
+# A generator's config block matters only to sources that protect with a method it makes.
+GENERATOR_BLOCKS = {
+  "em": {"em", "em_class"},
+  "tue": {"tue", "dist"},
+  "dist": {"dist"},
+  "lsp": {"lsp"},
+  "ar": {"ar"},
+}
 USAGE = "usage: python -m unlearnable.merge SRC [SRC ...] --out DIR"
 
 
@@ -161,6 +171,10 @@ def _compares(source: dict, key: str) -> bool:
     return "simclr" in source["victims"]
   if head == "release_uint8":
     return set(source["methods"]) != {"clean"}
+  if head in GENERATOR_BLOCKS:
+    return bool(GENERATOR_BLOCKS[head] & set(source["methods"]))
+  if head == "other_arch":
+    return "supervised_other" in source["victims"]
   return True
 
 
