@@ -90,6 +90,16 @@ def get_config(arg=None):
       weights="",  # a diffusers UNet2DModel state dict (.pth/.bin/.npz/.safetensors); wins
     )
   )
+  # The teacher's quality gate (gate.py): no verdict from a run whose teacher misses it. FD at most
+  # a tenth of a random-init U-Net's (same architecture, noise and sampler); with the fixed judge
+  # (cifar), its mean confidence on the samples >= 0.7 and every class >= half its uniform share.
+  cfg.teacher_gate = ml_collections.ConfigDict(
+    dict(
+      max_fd_fraction=0.1,
+      min_judge_confidence=0.7 if cifar else 0.0,
+      min_class_share=0.05 if cifar else 0.0,
+    )
+  )
   # Teacher pre-training (only when no teacher is supplied). paper = DDPM's CIFAR-10 recipe
   # (800K steps, lr 2e-4, warmup 5000, clip 1, EMA 0.9999); default = the mnist5k teacher.
   # cifar: DDPM's recipe for a GPU budget (lr 2e-4, warmup 5000, clip 1, EMA 0.9999), 100K steps.

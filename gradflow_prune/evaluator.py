@@ -130,6 +130,24 @@ class Evaluator:
     evaluate.save_grid(grid, os.path.join(self.dir, f"samples_{name}.png"), title=name)
     return row
 
+  def evaluate_random_init(self, kit: Toolkit, seed: int) -> dict:
+    """FD (and the judge's view) of a random-init U-Net of the teacher's architecture, sampled
+    from the same noise: the teacher gate's yardstick (`gate.py`), cached in eval/ per seed."""
+    path = os.path.join(self.dir, "random_init_eval.json")
+    key = {"seed": int(seed), "unet": kit.config_dict, "num_samples": self.config.eval.num_samples}
+    cached = read_json(path)
+    if cached and cached.get("key") == key:
+      return cached["row"]
+    params = unet.init_params(kit.model, seed)
+    samples = self.samples(kit, params)
+    row = {"fd": self.fd(samples)}
+    if self.config.eval.judge:
+      row.update(self.recognition(samples))
+    grid = samples[: self.config.eval.grid]
+    evaluate.save_grid(grid, os.path.join(self.dir, "samples_random_init.png"), title="random init")
+    write_json(path, {"key": key, "row": row})
+    return row
+
   def recognition(self, samples01) -> dict:
     """The judge's mean top-class probability over the samples and their class histogram."""
     probs = judge.probabilities(self.extractor, samples01)

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from gradflow_prune import evaluate, stats
+from gradflow_prune import evaluate, gate, stats
 from shared import cli
 from shared.errors import CheckpointError, DataError
 from shared.report import mean_std_table
@@ -117,10 +117,21 @@ def paired(rows, ours: str, base: str) -> dict | None:
   return out
 
 
-def claim(summary: dict, keep_ratios, rows=()) -> dict:
+NO_VERDICT = "none (teacher gate not met)"
+
+
+def _withhold(d: dict) -> None:
+  """A paired difference's verdicts, replaced: the teacher missed its gate."""
+  for key in ("fd", "ssim"):
+    d[key]["verdict"] = NO_VERDICT
+
+
+def claim(summary: dict, keep_ratios, rows=(), teacher_gate: dict | None = None) -> dict:
   """The paper's claim at each keep ratio: iterative gradient-flow (grasp) pruning has lower FD and
   higher SSIM to the teacher than one-shot Taylor (Diff-Pruning), at equal MACs and steps; with
-  `rows`, also the paired differences (per seed) with bootstrap intervals and their verdicts."""
+  `rows`, also the paired differences (per seed) with bootstrap intervals and their verdicts
+  (withheld when `teacher_gate` is given and not met)."""
+  withheld = teacher_gate is not None and not teacher_gate["met"]
   out = {}
   for keep in keep_ratios:
     ours = summary.get(f"keep{keep:g}/iterative/grasp")
@@ -133,9 +144,12 @@ def claim(summary: dict, keep_ratios, rows=()) -> dict:
         "ssim_oneshot_taylor": base["ssim"],
         "lower_fd": bool(ours["fd"] < base["fd"]),
         "higher_ssim": bool(ours["ssim"] > base["ssim"]),
+        **({"teacher_gate_met": bool(teacher_gate["met"])} if teacher_gate is not None else {}),
       }
       for challenger, baseline in COMPARISONS:
         diff = paired(rows, f"keep{keep:g}/{challenger}", f"keep{keep:g}/{baseline}")
+        if diff and withheld:
+          _withhold(diff)
         if diff:
           name = f"paired_{challenger.replace('/', '_')}_minus_{baseline.replace('/', '_')}"
           out[f"keep{keep:g}"][name] = diff
@@ -167,14 +181,21 @@ def claim_lines(claims: dict) -> list[str]:
   return out
 
 
-def write_summary(workdir: str, rows, teacher_row: dict, data_fd: float, features: str,
-                  claims: dict | None = None) -> None:  # fmt: skip
-  """fd_vs_macs.png, convergence.png and summary.md (the mean +- std table and the claim) in
-  `workdir` (process 0)."""
+def write_summary(
+  workdir: str,
+  rows,
+  teacher_row: dict,
+  data_fd: float,
+  features: str,
+  claims: dict | None = None,
+  teacher_gate: dict | None = None,
+) -> None:
+  """fd_vs_macs.png, convergence.png and summary.md (the mean +- std table, the teacher gate and
+  the claim) in `workdir` (process 0)."""
   evaluate.plot_fd_vs_macs(rows, os.path.join(workdir, "fd_vs_macs.png"), teacher=teacher_row)
   curves = {name: mean_curve(rs) for name, rs in by_arm(rows).items()}
   evaluate.plot_convergence(curves, os.path.join(workdir, "convergence.png"), teacher=teacher_row)
-  lines = "\n".join(claim_lines(claims or {}))
+  lines = "\n".join([*gate.lines(teacher_gate), *claim_lines(claims or {})])
   text = (
     f"Teacher: FD {teacher_row['fd']:.4g}, params {teacher_row['params']}, MACs "
     f"{teacher_row['macs']:.4g}, latency {teacher_row['latency_s']:.4g} s. "
@@ -217,10 +238,16 @@ def render(*workdirs: str) -> str:
       f"{m['teacher_fd']:.4g} (data floor {m['data_fd']:.4g}), latency "
       f"{m['teacher']['latency_s']:.4g} s.{_recognition(m['teacher'])}"
     )
+    out += [f"  {line}" for line in gate.lines(m.get("teacher_gate"))]
   out += ["", mean_std_table(rows, GROUP, COLUMNS), ""]
   summary = summarize(rows, runs[0]["metrics"]["teacher"])
   keeps = sorted({r["keep_ratio"] for r in rows}, reverse=True)
-  out += claim_lines(claim(summary, keeps, rows))
+  gates = [run["metrics"].get("teacher_gate") for run in runs]
+  # Pooled: verdicts only when every run's teacher passed its gate (runs before the gate: none).
+  pooled_gate = {"met": all(g is not None and g["met"] for g in gates)}
+  if not pooled_gate["met"]:
+    out.append("Not every run's teacher passed its gate: no verdict from these runs.")
+  out += claim_lines(claim(summary, keeps, rows, pooled_gate))
   return "\n".join(out) + "\n"
 
 

@@ -101,14 +101,17 @@ def get_teacher(config, workdir, model_config, images01, mesh) -> tuple[dict, di
   return model_config, params, {**meta, "source": local}
 
 
-def record_eval(config, workdir, teacher_row: dict, data_fd: float, features: str) -> None:
-  """After `--config.stage=pretrain`: the exported teacher's FD goes into its teacher.json."""
+def record_eval(
+  config, workdir, teacher_row: dict, data_fd: float, features: str, gate: dict | None = None
+) -> None:
+  """After `--config.stage=pretrain`: the exported teacher's FD (and its quality gate, `gate.py`)
+  go into its teacher.json."""
   local = os.path.join(workdir, "teacher")
   if not os.path.isdir(local):
     return
   unet_io.update_meta(
     local,
-    eval={**teacher_row, "data_fd": data_fd},
+    eval={**teacher_row, "data_fd": data_fd, **({"gate": gate} if gate else {})},
     summary=(
       f"FD {teacher_row['fd']:.3f} ({features}, {config.eval.num_samples} "
       f"DDIM-{config.eval.ddim_steps} samples; data floor {data_fd:.3f})"

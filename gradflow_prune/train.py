@@ -21,7 +21,7 @@ import logging
 
 import jax
 
-from gradflow_prune import inputs, plan, report, teacher
+from gradflow_prune import gate, inputs, plan, report, teacher
 from gradflow_prune.evaluator import Evaluator
 from gradflow_prune.pruning_run import run_one
 from gradflow_prune.toolkit import toolkit, unet_config
@@ -80,18 +80,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   kit = toolkit(t_cfg, config, mesh)
   teacher_row = evaluator.evaluate_teacher(kit, t_params, str(t_meta.get("source", "")))
   metrics = _teacher_metrics(evaluator, teacher_row)
+  random_row = evaluator.evaluate_random_init(kit, config.seed)
+  metrics["teacher_gate"] = t_gate = gate.check(config.teacher_gate, teacher_row, random_row)
+  for line in gate.lines(t_gate):
+    logging.info("%s", line)
   if config.stage == "pretrain":
     features = evaluator.extractor.name
-    teacher.record_eval(config, workdir, teacher_row, evaluator.data_fd, features)
+    teacher.record_eval(config, workdir, teacher_row, evaluator.data_fd, features, t_gate)
     return metrics
 
   rows = _prune_all(config, workdir, runs, dense, data, mesh, evaluator)
   rows = [{k: v for k, v in r.items() if k != "info"} for r in rows]
   summary = report.summarize(rows, teacher_row)
-  claim = report.claim(summary, config.prune.keep_ratios, rows)
+  claim = report.claim(summary, config.prune.keep_ratios, rows, t_gate)
   if jax.process_index() == 0:
     features = evaluator.extractor.name
-    report.write_summary(workdir, rows, teacher_row, evaluator.data_fd, features, claim)
+    report.write_summary(workdir, rows, teacher_row, evaluator.data_fd, features, claim, t_gate)
   metrics["summary"] = summary
   metrics["claim"] = claim
   metrics["convergence"] = report.convergence(rows)

@@ -16,6 +16,7 @@ from gradflow_prune import (
   evaluate,
   plan,
   procedures,
+  report,
   surgery,
   toolkit,
   torch_import,
@@ -480,6 +481,15 @@ def test_tiny_end_to_end_via_the_cli(tiny_run):
   claim = m["claim"]["keep0.7"]
   assert claim["fd_iterative_grasp"] == m["summary"]["keep0.7/iterative/grasp"]["fd"]
   assert claim["lower_fd"] == (claim["fd_iterative_grasp"] < claim["fd_oneshot_taylor"])
+  # The teacher gate: measured against a random-init U-Net of the same architecture and noise.
+  t_gate = m["teacher_gate"]
+  fraction = t_gate["checks"]["max_fd_fraction"]
+  assert fraction["value"] == pytest.approx(teacher["fd"] / t_gate["random_init_fd"])
+  assert claim["teacher_gate_met"] == t_gate["met"] == (fraction["value"] <= 0.1)
+  verdict = claim["paired_iterative_grasp_minus_oneshot_taylor"]["fd"]["verdict"]
+  assert (verdict == report.NO_VERDICT) == (not t_gate["met"])
+  assert "Teacher gate: teacher FD / random-init FD" in (tmp_path / "summary.md").read_text()
+  assert (tmp_path / "eval/samples_random_init.png").exists()
   for name in ("fd_vs_macs.png", "summary.md", "eval/samples_teacher.png", "teacher/params.npz"):
     assert (tmp_path / name).exists(), name
   pruned_cfg = json.loads(
