@@ -20,7 +20,7 @@ import numpy as np
 from gradflow_prune import evaluate, gate, stats
 from shared import cli
 from shared.errors import CheckpointError, DataError
-from shared.report import mean_std_table
+from shared.report import check_one_experiment, flatten, mean_std_table
 from shared.workdir import read_run_results, write_text
 
 COLUMNS = ["fd", "ssim", "params", "macs", "latency_s"]
@@ -222,8 +222,30 @@ def _load(workdir: str) -> dict:
   return run
 
 
+# Keys pooled runs may differ in: which arms and seeds each ran, where its teacher file lay, how it
+# ran (`run.*`); everything else (data, model, schedule, budgets, evaluation) must agree.
+POOL_FREE = ("seeds", "seed", "stage", "run", "teacher")
+POOL_FREE_KEYS = (
+  "prune.criteria",
+  "prune.iterative_criteria",
+  "prune.ablations",
+  "prune.keep_ratios",
+)
+
+
+def _pool_compares(source: dict, key: str) -> bool:
+  return key.split(".")[0] not in POOL_FREE and key not in POOL_FREE_KEYS
+
+
 def render(*workdirs: str) -> str:
   runs = [_load(w) for w in workdirs]
+  note = check_one_experiment(
+    [
+      {"src": w, "flat": flatten(run.get("config") or {}, sep=".")}
+      for w, run in zip(workdirs, runs, strict=True)
+    ],
+    _pool_compares,
+  )
   rows = [r for run in runs for r in run["metrics"]["rows"]]
   keys = [(r["keep_ratio"], r["procedure"], r["criterion"], r["seed"]) for r in rows]
   if len(set(keys)) != len(keys):
@@ -239,6 +261,8 @@ def render(*workdirs: str) -> str:
       f"{m['teacher']['latency_s']:.4g} s.{_recognition(m['teacher'])}"
     )
     out += [f"  {line}" for line in gate.lines(m.get("teacher_gate"))]
+  if note:
+    out.append(f"Config keys absent from some runs (older code), not compared there: {note}.")
   out += ["", mean_std_table(rows, GROUP, COLUMNS), ""]
   summary = summarize(rows, runs[0]["metrics"]["teacher"])
   keeps = sorted({r["keep_ratio"] for r in rows}, reverse=True)

@@ -17,12 +17,12 @@ import os
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from shared.errors import UserError
+from shared.errors import DataError, UserError
 
 REPORT_NAME = "REPORT.md"
 RESULTS_NAME = "results.json"
@@ -134,6 +134,38 @@ def flatten(obj: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
     else:
       out[key] = v
   return out
+
+
+def check_one_experiment(
+  sources: Sequence[Mapping[str, Any]], compares: Callable[[Mapping[str, Any], str], bool]
+) -> str:
+  """Refuses runs that ran another config; returns the keys some sources lack ('' if none).
+
+  `sources`: {"src": name, "flat": the run's config flattened to dotted keys, ...}; a key takes
+  part for a source when `compares(source, key)`. Among the sources taking part, a key's values
+  must agree; a source that lacks the key (older code) is listed in the returned note instead.
+
+  Raises:
+    DataError: a key whose value differs between two sources that both compare it.
+  """
+  keys = sorted(set().union(*(s["flat"] for s in sources)))
+  notes = []
+  for key in keys:
+    taking_part = [s for s in sources if compares(s, key)]
+    having = [s for s in taking_part if key in s["flat"]]
+    if not having:
+      continue
+    first = having[0]
+    for other in having[1:]:
+      if other["flat"][key] != first["flat"][key]:
+        raise DataError(
+          f"config key {key!r} differs: {first['flat'][key]!r} in {first['src']} but "
+          f"{other['flat'][key]!r} in {other['src']}; these runs are not one experiment"
+        )
+    lacking = [s["src"] for s in taking_part if key not in s["flat"]]
+    if lacking:
+      notes.append(f"`{key}` (absent from {', '.join(lacking)})")
+  return ", ".join(notes)
 
 
 def _scalar_leaves(d: Mapping) -> dict[str, Any]:

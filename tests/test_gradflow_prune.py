@@ -369,25 +369,36 @@ def test_make_state_copies_the_teachers_params(setup):
 def test_report_pools_runs_of_distinct_seeds(tmp_path):
   from gradflow_prune import report
 
-  def run(seed, fds):
+  def run(seed, fds, lr=2e-4, gate_met=True, name=None):
     rows = [
       dict(keep_ratio=0.7, procedure=p, criterion=c, seed=seed, fd=fd, ssim=0.5, params=1, macs=2,
            latency_s=0.1)
       for (p, c), fd in zip([("oneshot", "taylor"), ("iterative", "grasp")], fds, strict=True)
     ]  # fmt: skip
     teacher = dict(fd=0.4, latency_s=0.2)
-    m = dict(rows=rows, teacher_fd=0.4, data_fd=0.1, teacher=teacher)
-    d = tmp_path / f"s{seed}"
+    gate = dict(met=gate_met, checks={})
+    m = dict(rows=rows, teacher_fd=0.4, data_fd=0.1, teacher=teacher, teacher_gate=gate)
+    # Pooled runs may differ in seeds and arms, not in their recipe.
+    config = dict(seeds=[seed], prune=dict(criteria=["taylor"], optimizer=dict(lr=lr)))
+    d = tmp_path / (name or f"s{seed}")
     d.mkdir()
-    (d / "results.json").write_text(json.dumps(dict(variant="compare", metrics=m)))
+    (d / "results.json").write_text(json.dumps(dict(variant="compare", metrics=m, config=config)))
     return str(d)
 
   dirs = [run(0, (2.0, 1.0)), run(1, (4.0, 2.0))]
   text = report.render(*dirs)
   assert "| 0.7 | oneshot | taylor | 2 | 3.0 ± 1.4 |" in text  # sample std
   assert "iterative grasp FD 1.5 vs one-shot Taylor 3 (lower FD: True)" in text
+  assert report.NO_VERDICT not in text and "no verdict" not in text
   with pytest.raises(DataError, match="repeat"):
     report.render(dirs[0], dirs[0])
+  other = run(2, (4.0, 2.0), lr=1e-3)
+  with pytest.raises(DataError, match="'prune.optimizer.lr' differs"):
+    report.render(dirs[0], other)
+  missed = run(3, (4.0, 2.0), gate_met=False)
+  text = report.render(dirs[0], missed)
+  assert "Not every run's teacher passed its gate: no verdict from these runs." in text
+  assert f"({report.NO_VERDICT})" in text
 
 
 @pytest.mark.parametrize("variant", [None, "tiny", "compare", "paper", "cifar"])

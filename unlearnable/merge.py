@@ -36,7 +36,7 @@ import numpy as np
 from shared import cli
 from shared import workdir as workdir_lib
 from shared.errors import ConfigError, DataError
-from shared.report import flatten
+from shared.report import check_one_experiment, flatten
 from shared.stats import bootstrap_paired, verdict
 from unlearnable.evaluate import VICTIMS, columns_of, derived_cells
 from unlearnable.report import table_markdown
@@ -179,29 +179,9 @@ def _compares(source: dict, key: str) -> bool:
 
 
 def check_configs(sources: Sequence[dict]) -> str:
-  """Refuses two sources that ran another config; returns the keys some sources lack ('' if none).
-
-  Raises:
-    DataError: a key whose value differs between two sources that both compare it.
-  """
-  keys = sorted(set().union(*(s["flat"] for s in sources)))
-  notes = []
-  for key in keys:
-    taking_part = [s for s in sources if _compares(s, key)]
-    having = [s for s in taking_part if key in s["flat"]]
-    if not having:
-      continue
-    first = having[0]
-    for other in having[1:]:
-      if other["flat"][key] != first["flat"][key]:
-        raise DataError(
-          f"config key {key!r} differs: {first['flat'][key]!r} in {first['src']} but "
-          f"{other['flat'][key]!r} in {other['src']}; these runs are not one experiment"
-        )
-    lacking = [s["src"] for s in taking_part if key not in s["flat"]]
-    if lacking:
-      notes.append(f"`{key}` (absent from {', '.join(lacking)})")
-  return ", ".join(notes)
+  """Refuses two sources that ran another config (`_compares` says which keys take part); returns
+  the keys some sources lack ('' if none). Raises DataError."""
+  return check_one_experiment(sources, _compares)
 
 
 def _order(names, known: Sequence[str]) -> list[str]:
