@@ -50,26 +50,17 @@ def main(argv=None) -> int:
   from absl import flags
   from ml_collections import config_flags
 
-  from shared.errors import ConfigError, UserError
+  from shared import cli
+  from shared.errors import ConfigError
 
   argv = sys.argv if argv is None else list(argv)
   config_flags.DEFINE_config_file("config", None, "Method config file[:variant].", lock_config=True)
   flags.DEFINE_string("what", "train_step", "Which cases (as benchmarks.run).")
   flags.DEFINE_integer("devices", 2, "Virtual CPU devices (set before JAX starts).")
   flags.DEFINE_integer("per_device_batch", 2, "Examples per device.")
-  if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
-    print(f"{USAGE}\n\n{__doc__.strip()}\n\nflags:\n{flags.FLAGS.module_help(__name__)}")
+  if cli.printed_help(argv, USAGE, __doc__, flags.FLAGS, __name__):
     return 0
-  try:
-    flags.FLAGS(argv)
-    config = flags.FLAGS.config
-    if config is not None:
-      config.to_json_best_effort()  # a lazily failed load raises here
-  except flags.Error as e:
-    raise ConfigError(str(e)) from None
-  except Exception as e:  # ml_collections raises several types for a bad config file or override
-    cause = e.__cause__ or e.__context__
-    raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
+  config = cli.parse_config_flags(flags.FLAGS, argv)
   fl = flags.FLAGS
   os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={fl.devices}"

@@ -38,7 +38,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from shared import cli
-from shared.errors import ConfigError, DataError, UserError
+from shared.errors import ConfigError, DataError
 
 CLASSES = ("gemm", "attention", "elementwise", "optimizer", "copy", "collective", "other", "idle")
 STEP_MARKER = "ibprune_profile_step"
@@ -498,16 +498,7 @@ USAGE = (
 
 def _parse(argv: list[str]):
   FLAGS.unparse_flags()  # defaults again: main() may run more than once in a process (tests)
-  try:
-    FLAGS(argv)
-    config = FLAGS.config
-    if config is not None:
-      config.to_json_best_effort()  # a lazily failed load raises here
-  except flags.Error as e:
-    raise ConfigError(str(e)) from None
-  except Exception as e:  # ml_collections raises several types for a bad config file or override
-    cause = e.__cause__ or e.__context__
-    raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
+  config = cli.parse_config_flags(FLAGS, argv)
   if FLAGS.from_trace:
     return None
   if config is None:
@@ -527,8 +518,7 @@ def _parse(argv: list[str]):
 
 def main(argv=None) -> int:
   argv = sys.argv if argv is None else list(argv)
-  if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
-    print(f"{USAGE}\n\n{__doc__.strip()}\n\nflags:\n{FLAGS.module_help(__name__)}")
+  if cli.printed_help(argv, USAGE, __doc__, FLAGS, __name__):
     return 0
   config = _parse(argv)
   if FLAGS.from_trace:

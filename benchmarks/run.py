@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from benchmarks.cases import BENCH_MODULES
 from shared import benchmark as harness
 from shared import cli
-from shared.errors import ConfigError, UserError
+from shared.errors import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "Method config file[:variant].", lock_config=True)
 flags.DEFINE_string("what", "train_step", "train_step | sample | perturb (per method).")
@@ -117,16 +117,7 @@ def _read_flops(path: str) -> dict[str, tuple[float, float]]:
 
 def _parse(argv: list[str]):
   """Parses the flags; the config file is loaded here, so a bad one fails before any timing."""
-  try:
-    FLAGS(argv)
-    config = FLAGS.config  # loaded (overrides applied) on first access
-    if config is not None:
-      config.to_json_best_effort()  # a lazily failed load raises here
-  except flags.Error as e:
-    raise ConfigError(str(e)) from None
-  except Exception as e:  # ml_collections raises several types for a bad config file or override
-    cause = e.__cause__ or e.__context__
-    raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
+  config = cli.parse_config_flags(FLAGS, argv)
   if config is None and not FLAGS.matmul:
     raise ConfigError(f"--config is required (or --matmul); {USAGE}")
   return config
@@ -134,8 +125,7 @@ def _parse(argv: list[str]):
 
 def main(argv=None) -> int:
   argv = sys.argv if argv is None else list(argv)
-  if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
-    print(f"{USAGE}\n\n{__doc__.strip()}\n\nflags:\n{FLAGS.module_help(__name__)}")
+  if cli.printed_help(argv, USAGE, __doc__, FLAGS, __name__):
     return 0
   config = _parse(argv)
   if FLAGS.matmul:

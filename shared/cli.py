@@ -66,3 +66,33 @@ def run_folders(
   if at_most is not None and len(argv) > at_most:
     raise ConfigError(f"{at_most} run folder(s) at most, got {len(argv)}; {usage}")
   return argv
+
+
+HELP_FLAGS = ("-h", "--help", "--helpfull", "-?")
+
+
+def printed_help(argv: list[str], usage: str, doc: str, flag_values, module: str) -> bool:
+  """Prints usage, `doc` and `module`'s absl flags when argv asks for help; whether it did."""
+  if not any(a in HELP_FLAGS for a in argv[1:]):
+    return False
+  print(f"{usage}\n\n{doc.strip()}\n\nflags:\n{flag_values.module_help(module)}")
+  return True
+
+
+def parse_config_flags(flag_values, argv: list[str]):
+  """Parses absl flags with a `--config` (ml_collections config_flags); returns the config (None
+  when not given). A bad flag, config file or override is a ConfigError (a UserError raised
+  while loading the config is re-raised as itself)."""
+  from absl import flags
+
+  try:
+    flag_values(argv)
+    config = flag_values.config  # loaded (overrides applied) on first access
+    if config is not None:
+      config.to_json_best_effort()  # a lazily failed load raises here
+  except flags.Error as e:
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # ml_collections raises several types for a bad config file or override
+    cause = e.__cause__ or e.__context__
+    raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
+  return config
