@@ -215,10 +215,9 @@ def test_simclr_keys_compare_only_between_simclr_runs_and_a_missing_key_is_a_not
 def test_other_arch_and_generator_blocks_compare_only_where_they_are_used(tmp_path, capsys):
   # Clean gate runs made before other_arch changed and before em.bn existed: not refused.
   clean = _clean_bares(tmp_path, other_arch="small_cnn", em={"bn": "batch"})
-  em = workdir(tmp_path / "em", "em", "supervised", {0: 0.2}, other_arch="vgg16", em={"bn": "running"})
-  vgg = workdir(
-    tmp_path / "vgg", "em", "supervised_other", {0: 0.3}, other_arch="vgg16", em={"bn": "running"}
-  )
+  running = {"other_arch": "vgg16", "em": {"bn": "running"}}
+  em = workdir(tmp_path / "em", "em", "supervised", {0: 0.2}, **running)
+  vgg = workdir(tmp_path / "vgg", "em", "supervised_other", {0: 0.3}, **running)
   out = tmp_path / "m"
   assert cli.guarded(merge_lib.main, [*clean, em, vgg, "--out", str(out)]) == 0
   merged, _ = _read(out)
