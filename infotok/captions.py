@@ -164,8 +164,13 @@ def _unit(a: np.ndarray) -> np.ndarray:
   return a / np.sqrt(np.sum(np.square(a), axis=-1, keepdims=True) + 1e-12)
 
 
-class RetrievalJudge(judge_lib.Batched):
-  """A trained DualEncoder: image / caption embeddings, R-precision and matching cosine."""
+class RetrievalJudge(judge_lib.Batched, judge_lib.Judging):
+  """A trained DualEncoder: image / caption embeddings, R-precision and matching cosine.
+
+  Its outputs for a set of images are their unit embeddings (one pass of the image tower), its
+  targets the unit embeddings of the captions they are scored against (one pass of the text
+  tower); every score is a function of their cosines.
+  """
 
   relevance_key = "r_precision"
 
@@ -175,7 +180,7 @@ class RetrievalJudge(judge_lib.Batched):
     key = stages.stage_key("infotok/retrieval_judge", *shapes)
     self._image, self._text = stages.compiled(key, lambda: _embedders(net))
 
-  def features(self, images) -> np.ndarray:
+  def outputs(self, images) -> np.ndarray:
     """Unit image embeddings (the feature space of FD)."""
     images = data_lib.to_float(np.asarray(images)).astype(np.float32)
     return _unit(self._batched(self._image, images))
@@ -183,36 +188,37 @@ class RetrievalJudge(judge_lib.Batched):
   def text_features(self, ids) -> np.ndarray:
     return _unit(self._batched(self._text, np.asarray(ids, np.int32)))
 
-  def pair_scores(self, images, ids) -> dict[str, float]:
+  def targets_of(self, arrays) -> np.ndarray:
+    return self.text_features(arrays["caption_ids"])
+
+  @staticmethod
+  def features_of(image_emb) -> np.ndarray:
+    return image_emb
+
+  def scores_of(self, image_emb, caption_emb) -> dict[str, float]:
     """Images retrieving their captions: R-precision among `group`, mean matching cosine."""
-    cos = self.features(images) @ self.text_features(ids).T
+    cos = image_emb @ caption_emb.T
     return {
       "r_precision": metrics_lib.r_precision(cos, self.group),
       "clip_score": float(np.mean(np.diag(cos))),
     }
 
-  def judge_images(self, images, arrays) -> dict[str, float]:
-    return self.pair_scores(images, arrays["caption_ids"][: len(images)])
-
-  def critic_scores(self, images, arrays) -> np.ndarray:
+  def critic_of(self, image_emb, caption_emb) -> np.ndarray:
     """s_ij = exp(log_scale) cos(image i, caption j) [N, N], the judge's own CLIP critic: a fixed
     critic, so `shared.mi.infonce(s)` is a lower bound on I(image; caption)."""
-    cos = self.features(images) @ self.text_features(arrays["caption_ids"][: len(images)]).T
-    return float(np.exp(np.asarray(self.params["log_scale"]))) * cos
+    return float(np.exp(np.asarray(self.params["log_scale"]))) * (image_emb @ caption_emb.T)
 
-  def item_scores(self, images, arrays) -> np.ndarray:
+  def items_of(self, image_emb, caption_emb) -> np.ndarray:
     """Per image, 1 when it retrieves its caption among `group` (R-precision's per-item hit)."""
-    cos = self.features(images) @ self.text_features(arrays["caption_ids"][: len(images)]).T
-    return retrieval_hits(cos, self.group)
+    return retrieval_hits(image_emb @ caption_emb.T, self.group)
 
-  def caption_item_scores(self, images, caption_ids) -> np.ndarray:
-    """Per generated caption, 1 when it retrieves its image among `group`."""
-    return retrieval_hits(self.text_features(caption_ids) @ self.features(images).T, self.group)
-
-  def caption_scores(self, images, caption_ids) -> dict[str, float]:
-    """Generated captions retrieving their images: R-precision among `group`."""
-    cos = self.text_features(caption_ids) @ self.features(images).T
-    return {"caption_r_precision": metrics_lib.r_precision(cos, self.group)}
+  def judge_captions(self, images, caption_ids) -> tuple[dict[str, float], np.ndarray]:
+    """Generated captions retrieving their images among `group`: ({'caption_r_precision'}, the
+    per-caption hits), from one pass of each tower."""
+    cos = self.text_features(caption_ids) @ self.outputs(images).T
+    return {"caption_r_precision": metrics_lib.r_precision(cos, self.group)}, retrieval_hits(
+      cos, self.group
+    )
 
   def save(self, path: str) -> None:
     save_params(path, self.params)

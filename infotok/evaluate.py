@@ -14,7 +14,9 @@ Plots: the information plane (rate vs relevance) of a beta sweep; sample grids.
 
 On image-caption sets (`infotok.captions`) the judge is a retrieval model: understanding is BLEU-4
 and caption R-precision, generation and relevance are R-precision (see that module). Functions
-here talk to either judge through `judge_images(images, arrays)` and `judge.relevance_key`.
+here talk to any judge through `judge.judgement(images, arrays)` (`infotok.judge.Judging`): one
+pass of the judge over an image set, from which its scores, per-image scores, FD features and
+critic all derive, so each evaluation runs the judge once per image set.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ def understanding(
   if "question_ids" not in sub:
     hyps = [text_lib.normalize(c).split() for c in texts]
     out = {"caption_bleu4": metrics_lib.corpus_bleu(hyps, captions.references(sub, n))}
-    out.update(judge.caption_scores(sub["image"], caption_ids))
-    out["item_understanding"] = _rounded(judge.caption_item_scores(sub["image"], caption_ids))
+    caption_retrieval, caption_hits = judge.judge_captions(sub["image"], caption_ids)
+    out.update(caption_retrieval)
+    out["item_understanding"] = _rounded(caption_hits)
     out["samples"] = [
       {"caption": c, "reference": r} for c, r in list(zip(texts, reference, strict=True))[:4]
     ]
@@ -145,9 +148,10 @@ def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: 
   prompts = arrays["caption_ids"][:n]
   codes = trainer.generate_images(params, prompts, key)
   images = tok_trainer.decode(tok_params, codes)
-  out = {f"gen_{k}": v for k, v in judge.judge_images(images, arrays).items()}
-  out["item_generation"] = _rounded(judge.item_scores(images, arrays))
-  out["gen_fd"] = feature_fd(judge, images, arrays["clean"][:n])
+  judged = judge.judgement(images, arrays)  # the judge's one pass over the generated images
+  out = {f"gen_{k}": v for k, v in judged.scores().items()}
+  out["item_generation"] = _rounded(judged.items())
+  out["gen_fd"] = feature_fd(judged.features(), judge.features(arrays["clean"][:n]))
   out["gen_code_entropy"] = quantizers.code_usage(codes, tok_trainer.num_codes)["code_entropy"]
   return out, images
 
@@ -157,10 +161,10 @@ def _rounded(scores) -> list[float]:
   return [round(float(v), 6) for v in np.asarray(scores, np.float64).reshape(-1)]
 
 
-def feature_fd(judge, images_a, images_b) -> float:
-  """Frechet distance between Gaussians fitted to the judge's per-cell probability features."""
-  a = metrics_lib.FeatureStats().update(judge.features(images_a))
-  b = metrics_lib.FeatureStats().update(judge.features(images_b))
+def feature_fd(features_a, features_b) -> float:
+  """Frechet distance between Gaussians fitted to two sets of judge features (`judge.features`)."""
+  a = metrics_lib.FeatureStats().update(features_a)
+  b = metrics_lib.FeatureStats().update(features_b)
   return a.frechet_distance(b)
 
 
@@ -178,17 +182,18 @@ def reconstruction(tok_trainer, params, arrays, judge, n: int) -> dict:
   """Reconstruction quality, task relevance and rate of a tokenizer on the first n examples."""
   images, clean = arrays["image"][:n], arrays["clean"][:n]
   recon = tok_trainer.reconstruct(params, images)
+  judged = judge.judgement(recon, arrays)  # the judge's one pass over the reconstructions
   out = {
     "psnr_image": float(jnp.mean(metrics_lib.psnr(jnp.asarray(recon), jnp.asarray(images)))),
     "psnr_clean": float(jnp.mean(metrics_lib.psnr(jnp.asarray(recon), jnp.asarray(clean)))),
-    "recon_fd": feature_fd(judge, recon, clean),
+    "recon_fd": feature_fd(judged.features(), judge.features(clean)),
   }
-  judged = judge.judge_images(recon, arrays)
-  out["relevance"] = judged[judge.relevance_key]
+  scores = judged.scores()
+  out["relevance"] = scores[judge.relevance_key]
   # I(Z; Y) >= I(recon(Z); Y) >= I_NCE with the judge as a fixed critic (shared.mi.infonce).
-  critic = jnp.asarray(judge.critic_scores(recon, arrays), jnp.float32)
+  critic = jnp.asarray(judged.critic(), jnp.float32)
   out["relevance_nce_nats"] = float(mi.infonce(critic))
-  out.update({f"recon_{k}": v for k, v in judged.items()})
+  out.update({f"recon_{k}": v for k, v in scores.items()})
   mu, logvar = tok_trainer.posterior(params, images)
   out["kl_nats"] = float(
     np.mean(np.asarray(regularizers.vib_rate(jnp.asarray(mu), jnp.asarray(logvar))))

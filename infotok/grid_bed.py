@@ -9,7 +9,7 @@ The judge (`GridJudge`) is not trained by the run: it is the shipped CIFAR-10 cl
 (`shared.judge.SHIPPED_CIFAR10`, a ResNet-18 trained on the real CIFAR-10 training images only,
 93.53% on the test split), applied to each cell, with a cell called empty when its pixels stay
 within `empty_threshold` (mean absolute difference) of the background grey. It offers the same
-interface as the `shapes` attribute judge (`infotok.judge.Judge`): per-cell predictions, scores
+interface as the `shapes` attribute judge (`infotok.judge.Judging`): per-cell predictions, scores
 ('class', 'position', 'empty', 'all_correct', 'attribute_mean' = mean of class and position),
 features for FD (per-cell log-probabilities of empty + 10 classes), a fixed critic for the
 InfoNCE bound and per-image scores for the paired statistics.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from infotok.judge import Judging
 from shared import judge as judge_lib
 from shared.data import cifar_grid
 from shared.data.convert import to_float
@@ -49,10 +50,8 @@ def cell_targets(arrays: dict) -> np.ndarray:
   return out
 
 
-class GridJudge:
+class GridJudge(Judging):
   """Per-cell class judge of `cifar_grid` scenes (see the module docstring)."""
-
-  relevance_key = "attribute_mean"
 
   def __init__(
     self,
@@ -67,8 +66,9 @@ class GridJudge:
     self.empty_threshold = float(empty_threshold)
     self.num_cells = cifar_grid.GRID**2
 
-  def _cell_probs(self, images) -> tuple[np.ndarray, np.ndarray]:
-    """(class probabilities [N, 4, 10], deviation from the background [N, 4])."""
+  def outputs(self, images) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities [N, 4, 10], deviation from the background [N, 4]): the classifier's
+    one pass over every cell."""
     x = cells(images)
     n = len(x)
     flat = x.reshape(n * self.num_cells, *x.shape[2:])
@@ -76,22 +76,25 @@ class GridJudge:
     deviation = np.abs(x - self.background).mean(axis=(2, 3, 4))
     return np.asarray(probs, np.float64), deviation
 
-  def _posterior(self, images) -> np.ndarray:
+  def posterior_of(self, outputs) -> np.ndarray:
     """[N, 4, 11] probabilities of (empty, class 0..9) per cell: a soft empty test on the
     deviation from the background, the classifier's probabilities for the rest."""
-    probs, deviation = self._cell_probs(images)
+    probs, deviation = outputs
     z = np.clip((self.empty_threshold - deviation) / EMPTY_WIDTH, -50.0, 50.0)
     p_empty = 1.0 / (1.0 + np.exp(-z))
     return np.concatenate([p_empty[..., None], (1.0 - p_empty)[..., None] * probs], axis=-1)
 
-  def predict(self, images) -> np.ndarray:
+  def predictions_of(self, outputs) -> np.ndarray:
     """[N, 4] per-cell predictions: 0 = empty (deviation below the threshold), else 1 + class."""
-    probs, deviation = self._cell_probs(images)
+    probs, deviation = outputs
     return np.where(deviation < self.empty_threshold, 0, 1 + probs.argmax(-1)).astype(np.int32)
 
-  def features(self, images) -> np.ndarray:
+  def predict(self, images) -> np.ndarray:
+    return self.predictions_of(self.outputs(images))
+
+  def features_of(self, outputs) -> np.ndarray:
     """Per-cell log-probabilities of (empty, 10 classes), clipped at -10, concatenated [N, 44]."""
-    post = self._posterior(images)
+    post = self.posterior_of(outputs)
     return np.maximum(np.log(post + 1e-12), -10.0).reshape(len(post), -1).astype(np.float32)
 
   @staticmethod
@@ -111,29 +114,30 @@ class GridJudge:
     out["attribute_mean"] = float(np.mean([out[k] for k in ATTRS]))
     return out
 
-  def judge_images(self, images, arrays) -> dict:
-    sub = {k: v[: len(images)] for k, v in arrays.items()}
-    return self.score_predictions(self.predict(images), cell_targets(sub))
+  @staticmethod
+  def targets_of(arrays) -> np.ndarray:
+    return cell_targets(arrays)
 
-  def item_scores(self, images, arrays) -> np.ndarray:
+  def scores_of(self, outputs, target) -> dict:
+    return self.score_predictions(self.predictions_of(outputs), target)
+
+  def items_of(self, outputs, target) -> np.ndarray:
     """Per image, the fraction right of (class, detected) over its objects' cells (1 if none)."""
-    sub = {k: v[: len(images)] for k, v in arrays.items()}
-    target, pred = cell_targets(sub), self.predict(images)
+    pred = self.predictions_of(outputs)
     occupied = target > 0
     hits = ((pred == target) & occupied).sum(1) + ((pred > 0) & occupied).sum(1)
     n_obj = occupied.sum(1)
     return np.where(n_obj > 0, hits / np.maximum(2 * n_obj, 1), 1.0)
 
-  def critic_scores(self, images, arrays) -> np.ndarray:
+  def critic_of(self, outputs, target) -> np.ndarray:
     """s_ij = log q(scene j | image i) [N, N]: the log probability, under the judge's per-cell
     posteriors mixed with `CRITIC_SMOOTHING` of the uniform, of scene j's content (empty or its
     class) in every cell. A fixed critic, so `shared.mi.infonce(s)` is a lower bound on
     I(image; scene)."""
-    sub = {k: v[: len(images)] for k, v in arrays.items()}
-    post = self._posterior(images)
+    post = self.posterior_of(outputs)
     k = post.shape[-1]
     logp_NxCxK = np.log((1 - CRITIC_SMOOTHING) * post + CRITIC_SMOOTHING / k)
-    onehot_NxCxK = np.eye(k)[cell_targets(sub)]
+    onehot_NxCxK = np.eye(k)[target]
     return np.einsum("ick,jck->ij", logp_NxCxK, onehot_NxCxK)
 
 

@@ -166,14 +166,81 @@ class Batched:
     return stages.batched_apply(lambda chunk: fn(self.params, chunk), inputs, self.batch_size)
 
 
-class Judge(Batched):
+class Judgement:
+  """One pass of a judge over a set of images (`Judging.judgement`), scored against the first
+  len(images) rows of `arrays` (their scenes or captions).
+
+  Scores, per-image scores, FD features and the InfoNCE critic all derive from the same network
+  outputs, so an evaluation that needs several of them runs the judge once per image set. What
+  the images are compared with (`targets`: per-cell targets, or the judge's caption embeddings)
+  is computed once too, on first use.
+  """
+
+  def __init__(self, judge, outputs, arrays=None):
+    self.judge = judge
+    self.outputs = outputs
+    self.arrays = arrays
+    self._targets = None
+
+  @property
+  def targets(self):
+    if self._targets is None:
+      if self.arrays is None:
+        raise ValueError("this judgement has no arrays to score the images against")
+      self._targets = self.judge.targets_of(self.arrays)
+    return self._targets
+
+  def scores(self) -> dict:
+    """The judge's scores of the set (`judge_images`)."""
+    return self.judge.scores_of(self.outputs, self.targets)
+
+  def items(self) -> np.ndarray:
+    """Per-image scores (`item_scores`), [N]."""
+    return self.judge.items_of(self.outputs, self.targets)
+
+  def critic(self) -> np.ndarray:
+    """The fixed critic s_ij (`critic_scores`), [N, N]."""
+    return self.judge.critic_of(self.outputs, self.targets)
+
+  def features(self) -> np.ndarray:
+    """FD features of the images (`features`), [N, D]."""
+    return self.judge.features_of(self.outputs)
+
+
+class Judging:
+  """The interface of every InfoTok judge (`Judge`, `grid_bed.GridJudge`,
+  `captions.RetrievalJudge`), built on what each defines: `outputs(images)` (its one network pass)
+  and the pure `targets_of`, `scores_of`, `items_of`, `critic_of`, `features_of`.
+
+  `judgement(images, arrays)` is the pass to derive several quantities from; `judge_images`,
+  `item_scores`, `critic_scores` and `features` are one quantity each (one pass each).
+  """
+
+  relevance_key = "attribute_mean"  # the score that measures task relevance (tokenizer selection)
+
+  def judgement(self, images, arrays=None) -> Judgement:
+    sub = None if arrays is None else {k: v[: len(images)] for k, v in arrays.items()}
+    return Judgement(self, self.outputs(images), sub)
+
+  def judge_images(self, images, arrays) -> dict:
+    return self.judgement(images, arrays).scores()
+
+  def item_scores(self, images, arrays) -> np.ndarray:
+    return self.judgement(images, arrays).items()
+
+  def critic_scores(self, images, arrays) -> np.ndarray:
+    return self.judgement(images, arrays).critic()
+
+  def features(self, images) -> np.ndarray:
+    return self.judgement(images).features()
+
+
+class Judge(Batched, Judging):
   """A trained JudgeNet: `predict(images)` -> per-cell predictions, `features(images)` for FD.
 
   `judge_images(images, arrays)` scores images against the scenes in `arrays` (their rows in
-  order); `relevance_key` names the score that measures task relevance (tokenizer selection).
+  order); `judgement(images, arrays)` is one pass for several quantities (`Judging`).
   """
-
-  relevance_key = "attribute_mean"
 
   def __init__(self, params, grid: int, widths, hidden: int, batch_size: int = 500):
     self.params = params
@@ -188,57 +255,63 @@ class Judge(Batched):
   def _batched(self, fn, images):
     return super()._batched(fn, to_float(np.asarray(images)).astype(np.float32))
 
-  def predict(self, images) -> dict[str, np.ndarray]:
-    shape, colour, size = self._batched(self._logits, images)
+  def outputs(self, images):
+    """Per-cell logits (shape [N, C, 1 + S], colour [N, C, 6], size [N, C, 2]): one pass."""
+    return self._batched(self._logits, images)
+
+  @staticmethod
+  def predictions_of(logits) -> dict[str, np.ndarray]:
+    shape, colour, size = logits
     return {
       "cell_shape": shape.argmax(-1),
       "cell_colour": colour.argmax(-1),
       "cell_size": size.argmax(-1),
     }
 
-  def features(self, images) -> np.ndarray:
+  def predict(self, images) -> dict[str, np.ndarray]:
+    return self.predictions_of(self.outputs(images))
+
+  def targets_of(self, arrays) -> dict[str, np.ndarray]:
+    return cell_targets(arrays, self.num_cells)
+
+  def scores_of(self, logits, targets) -> dict:
+    return score_predictions(self.predictions_of(logits), targets)
+
+  def items_of(self, logits, targets) -> np.ndarray:
+    """Per image, the attribute mean of its described objects (`item_attribute_mean`)."""
+    return item_attribute_mean(self.predictions_of(logits), targets)
+
+  @staticmethod
+  def features_of(logits) -> np.ndarray:
     """Concatenated per-cell log-probabilities, clipped at -10 (a scene-level feature for FD).
 
     Log-probabilities rather than probabilities: near-one-hot probabilities give near-singular
     covariances, on which the matrix square root of the FD is slow and unstable.
     """
-    shape, colour, size = self._batched(self._logits, images)
+    shape, colour, size = logits
     lp = lambda a: np.maximum(np.asarray(jax.nn.log_softmax(a, axis=-1)), -10.0).reshape(len(a), -1)
     return np.concatenate([lp(shape), lp(colour), lp(size)], axis=1)
 
-  def score(self, images, targets) -> dict:
-    return score_predictions(self.predict(images), targets)
-
-  def judge_images(self, images, arrays) -> dict:
-    sub = {k: v[: len(images)] for k, v in arrays.items()}
-    return self.score(images, cell_targets(sub, self.num_cells))
-
-  def critic_scores(self, images, arrays) -> np.ndarray:
+  @staticmethod
+  def critic_of(logits, targets) -> np.ndarray:
     """s_ij = log q(scene j | image i) [N, N] under the judge's per-cell posteriors, each mixed
     with `CRITIC_SMOOTHING` of the uniform (one confident mistake must not sink a row): the log
     probability of scene j's shape (or empty) in every cell and of its colour and size in the
     cells it occupies. A fixed critic, so `shared.mi.infonce(s)` is a lower bound on
     I(image; scene) (any critic gives one)."""
-    sub = {k: v[: len(images)] for k, v in arrays.items()}
-    t = cell_targets(sub, self.num_cells)
-    occupied = (t["cell_shape"] > 0).astype(np.float32)
-    logits = self._batched(self._logits, images)
-    scores = np.zeros((len(images), len(images)), np.float64)
+    occupied = (targets["cell_shape"] > 0).astype(np.float32)
+    n = len(logits[0])
+    scores = np.zeros((n, n), np.float64)
     heads = zip(logits, ("cell_shape", "cell_colour", "cell_size"), strict=True)
     for i, (logits_NxCxK, key) in enumerate(heads):
       p_NxCxK = np.asarray(jax.nn.softmax(logits_NxCxK, axis=-1), np.float64)
       k = p_NxCxK.shape[-1]
       logp_NxCxK = np.log((1 - CRITIC_SMOOTHING) * p_NxCxK + CRITIC_SMOOTHING / k)
-      onehot_NxCxK = np.eye(logits_NxCxK.shape[-1])[t[key]]
+      onehot_NxCxK = np.eye(logits_NxCxK.shape[-1])[targets[key]]
       if i > 0:  # colour and size only where scene j has an object
         onehot_NxCxK = onehot_NxCxK * occupied[..., None]
       scores += np.einsum("ick,jck->ij", logp_NxCxK, onehot_NxCxK)
     return scores
-
-  def item_scores(self, images, arrays) -> np.ndarray:
-    """Per image, the attribute mean of its described objects (`item_attribute_mean`)."""
-    sub = {k: v[: len(images)] for k, v in arrays.items()}
-    return item_attribute_mean(self.predict(images), cell_targets(sub, self.num_cells))
 
   def save(self, path: str) -> None:
     save_params(path, self.params)
