@@ -257,11 +257,14 @@ def get_config(arg=None):
   )
   # Quality gates (clean-test accuracy of the victim trained on the *clean* data) that must be met
   # before any protection is judged; 0 = no gate. CIFAR-10: ResNet-18 94.7% in Huang et al. 2021
-  # (gate 93%), SimCLR ResNet-18 linear probe ~88-91% at 500-1000 epochs (gate 80%).
+  # (gate 93%), SimCLR ResNet-18 linear probe ~88-91% at 500-1000 epochs (gate 80%), the second
+  # architecture (VGG-16 with BatchNorm, ~93% in the field's recipes; gate 90%, ours: margin for a
+  # recipe tuned to ResNet-18). Each column needs its own learner's gate (evaluate.GATE_OF).
   cifar10 = paper and dataset == "cifar10"
   cfg.gates = dict(
     supervised=0.93 if cifar10 else 0.0,
     simclr=0.80 if cifar10 else 0.0,
+    supervised_other=0.90 if cifar10 else 0.0,
   )
   cfg.defences = dict(
     jpeg_quality=10,

@@ -438,6 +438,9 @@ def test_knn_monitor_and_gates():
   assert "no protection verdict" in "\n".join(ue_train.gate_lines(g))
   g = ue_train.gate_check(cfg, {0: {"random": {}}})
   assert g["gates"]["supervised"]["status"] == "not measured" and not g["verdict"]
+  # A run's own gates: only those its columns need (a supervised-only run: not simclr's).
+  g = ue_train.gate_check(cfg, per_seed, ["supervised", "grayscale"])
+  assert list(g["gates"]) == ["supervised"] and g["verdict"]
 
 
 @pytest.mark.slow

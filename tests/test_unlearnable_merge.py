@@ -112,7 +112,7 @@ def _read(out):
 
 
 def test_merges_compatible_sources_with_a_paired_interval_over_three_seeds(tmp_path, capsys):
-  gates = {"supervised": 0.93}  # a simclr gate would be "not measured": no verdict
+  gates = {"supervised": 0.93}  # the supervised column's gate (GATE_OF)
   clean = _clean_bares(tmp_path, release_uint8=None, gates=gates)  # release_uint8: not compared
   em = workdir(tmp_path / "em", "em", "supervised", {0: 0.20, 1: 0.25, 2: 0.30}, gates=gates)
   rand = workdir(
@@ -166,9 +166,34 @@ def test_gates_of_the_newest_source_and_no_verdict_when_one_is_missed(tmp_path, 
   assert gate["status"] == "missed" and gate["clean"] == [0.90, 0.95, 0.95]
   assert merged["metrics"]["gates"]["gates"]["simclr"]["status"] == "not measured"
   assert "Gate simclr: clean accuracy [-]% vs 80%: not measured." in table
-  assert "A gate is not met: no verdict on any protection." in table
-  assert [r["verdict"] for r in merged["metrics"]["paired"]] == ["no verdict"]
-  assert "| no verdict |" in table and "lowers accuracy |" not in table
+  assert "Not every gate is met: no verdict in the columns sup. (surrogate arch)." in table
+  assert [r["verdict"] for r in merged["metrics"]["paired"]] == [
+    "no verdict (gate supervised not met)"
+  ]
+  assert "| no verdict (gate supervised not met) |" in table and "lowers accuracy |" not in table
+  assert merged["metrics"]["gates"]["verdict"] is False
+
+
+def test_each_column_needs_its_own_gate(tmp_path):
+  # A gate on the second architecture without its clean run blocks that column only.
+  gates = {"supervised": 0.93, "supervised_other": 0.9}
+  clean = _clean_bares(tmp_path, gates=gates)
+  em = workdir(tmp_path / "em", "em", "supervised", {0: 0.2, 1: 0.2, 2: 0.2}, gates=gates)
+  vgg = workdir(tmp_path / "vgg", "em", "supervised_other", {0: 0.3}, gates=gates)
+  cvgg = workdir(tmp_path / "cvgg", "clean", "supervised_other", {1: 0.85}, gates=gates)
+  out = tmp_path / "m"
+  assert cli.guarded(merge_lib.main, [*clean, em, vgg, "--out", str(out)]) == 0
+  merged, table = _read(out)
+  verdicts = {r["victim"]: r["verdict"] for r in merged["metrics"]["paired"]}
+  assert verdicts == {"supervised": "lowers accuracy"}  # no clean VGG run: no VGG row at all
+  assert "Gate supervised_other: clean accuracy [-]% vs 90%: not measured." in table
+  assert "Not every gate is met: no verdict in the columns sup. (other arch)." in table
+  out2 = tmp_path / "m2"
+  assert cli.guarded(merge_lib.main, [*clean, em, vgg, cvgg, "--out", str(out2)]) == 0
+  merged, _ = _read(out2)
+  verdicts = {r["victim"]: r["verdict"] for r in merged["metrics"]["paired"]}
+  assert verdicts["supervised_other"] == "no verdict (gate supervised_other not met)"  # 85 < 90
+  assert verdicts["supervised"] == "lowers accuracy"
 
 
 def test_unpaired_when_no_seed_is_common(tmp_path):

@@ -51,6 +51,18 @@ VICTIMS = {  # name -> column label
 DERIVED = {"simclr_clean_probe": ("simclr", "final_alt", "peak_alt")}
 
 
+# The gate (`config.gates` key) a column's verdicts need: its own learner's clean-data gate. The
+# defence columns train the surrogate-architecture supervised victim, so they need its gate;
+# `datawise` judges another data set and has none.
+GATE_OF = {
+  "supervised": "supervised",
+  "supervised_other": "supervised_other",
+  "simclr": "simclr",
+  "simclr_clean_probe": "simclr",
+  **{d: "supervised" for d in ("grayscale", "jpeg", "jpeg_mild", "adversarial", "mixup", "cutout")},
+}
+
+
 def columns_of(victims) -> list[str]:
   """Table columns of `victims`: each victim, followed by the columns derived from its run."""
   return [c for v in victims for c in (v, *(n for n, (src, *_) in DERIVED.items() if src == v))]

@@ -38,7 +38,7 @@ from shared import workdir as workdir_lib
 from shared.errors import ConfigError, DataError
 from shared.report import check_one_experiment, flatten
 from shared.stats import bootstrap_paired, verdict
-from unlearnable.evaluate import VICTIMS, columns_of, derived_cells
+from unlearnable.evaluate import GATE_OF, VICTIMS, columns_of, derived_cells
 from unlearnable.report import table_markdown
 from unlearnable.train import gate_check, gate_lines
 
@@ -235,7 +235,13 @@ def save_heatmap(path: str, summary: dict, methods, victims, chance: float | Non
   return workdir_lib.save_figure(fig, path, dpi=110)
 
 
-def paired_rows(cells: dict, methods, victims, verdict_allowed: bool) -> list[dict]:
+def column_verdicts(gates: dict, victims) -> dict[str, bool]:
+  """Whether each column may give verdicts: its gate (`GATE_OF`), when configured, is met."""
+  status = {g: v["status"] for g, v in gates["gates"].items()}
+  return {v: status.get(GATE_OF.get(v), "met") == "met" for v in victims}
+
+
+def paired_rows(cells: dict, methods, victims, verdict_allowed: dict[str, bool]) -> list[dict]:
   """Clean minus protected final accuracy per victim and method, over the seeds both ran."""
   rows = []
   for v in victims:
@@ -259,8 +265,8 @@ def paired_rows(cells: dict, methods, victims, verdict_allowed: bool) -> list[di
         ci = bootstrap_paired(a, b)
         row.update(kind="paired", mean=ci["mean"], lo=ci["lo"], hi=ci["hi"], level=ci["level"])
       row["per_seed"] = [float(d) for d in row["per_seed"]]
-      if not verdict_allowed:
-        row["verdict"] = "no verdict"
+      if not verdict_allowed.get(v, True):
+        row["verdict"] = f"no verdict (gate {GATE_OF[v]} not met)"
       elif row["kind"] != "paired":
         row["verdict"] = "none (no interval)"
       else:
@@ -363,7 +369,9 @@ def merge(srcs: Sequence[str], out: str) -> dict:
     for seed in seeds
   }
   gates = gate_check(gate_config, per_seed)
-  rows = paired_rows(cells, methods, victims, gates["verdict"])
+  allowed = column_verdicts(gates, victims)
+  gates["verdict"] = all(allowed.values())  # every column of this table may give verdicts
+  rows = paired_rows(cells, methods, victims, allowed)
   summary = {
     which: {
       m: {v: _summary([c[which] for c in row[v].values()]) for v in victims if v in row}
@@ -375,10 +383,11 @@ def merge(srcs: Sequence[str], out: str) -> dict:
   chance = f", chance {100 / num_classes:.1f}%" if num_classes else ""
   gate_text = gate_lines({"gates": gates["gates"], "verdict": True})
   if gates["gates"]:
+    blocked = [VICTIMS.get(v, v) for v in victims if not allowed[v]]
     gate_text.append(
       "All gates met: verdicts are given."
-      if gates["verdict"]
-      else "A gate is not met: no verdict on any protection."
+      if not blocked
+      else f"Not every gate is met: no verdict in the columns {', '.join(blocked)}."
     )
   lines = [
     f"# Unlearnable examples: victim matrix merged from {len(sources)} sources",

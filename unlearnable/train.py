@@ -205,14 +205,18 @@ def columns(config) -> list[str]:
   return evaluate.columns_of(config.victims)
 
 
-def gate_check(config, per_seed: dict) -> dict:
+def gate_check(config, per_seed: dict, columns=None) -> dict:
   """Each gated victim's clean-data accuracy per seed against its gate (`config.gates`).
 
   A gate is met when every seed's victim trained on the *clean* data reaches it. `verdict` is
   False when any gate is missed or could not be measured (no `clean` method or victim in the run):
-  then no protection is judged against that victim.
+  then no protection is judged against that victim. `columns`: only the gates these table
+  columns need (`evaluate.GATE_OF`); None: every configured gate.
   """
   gates = {k: float(v) for k, v in (config.get("gates") or {}).items() if float(v) > 0}
+  if columns is not None:
+    needed = {evaluate.GATE_OF.get(c) for c in columns}
+    gates = {k: v for k, v in gates.items() if k in needed}
   out: dict = {"gates": {}, "verdict": True}
   for victim, gate in gates.items():
     values = [
@@ -265,7 +269,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final = report.summarise(per_seed, methods, victims, "final")
   peak = report.summarise(per_seed, methods, victims, "peak")
   wall = time.time() - t0
-  gates = gate_check(config, per_seed)
+  gates = gate_check(config, per_seed, victims)
   text = "\n".join(
     [
       *gate_lines(gates),
