@@ -67,13 +67,17 @@ class TrainState:
     )
 
   def apply_gradients(self, grads: PyTree, **replace) -> TrainState:
-    """One optimizer update; also advances the EMA: ema <- d * ema + (1 - d) * params."""
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    params = optax.apply_updates(self.params, updates)
-    ema = self.ema_params
-    if ema is not None:
-      d = self.ema_decay
-      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+    """One optimizer update; also advances the EMA: ema <- d * ema + (1 - d) * params.
+
+    Under the name scope "optimizer", so a profile (`benchmarks.profile`) can tell its kernels
+    from the step's other elementwise work."""
+    with jax.named_scope("optimizer"):
+      updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+      params = optax.apply_updates(self.params, updates)
+      ema = self.ema_params
+      if ema is not None:
+        d = self.ema_decay
+        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
     return self.replace(
       step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema, **replace
     )
