@@ -10,6 +10,7 @@ or corrupt input reads the same everywhere.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -96,3 +97,11 @@ def parse_config_flags(flag_values, argv: list[str]):
     cause = e.__cause__ or e.__context__
     raise (cause if isinstance(cause, UserError) else ConfigError(str(e))) from None
   return config
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are a ConfigError: one `error: <message>; usage: ...` line and exit 2
+  through `guarded` (argparse's own prints two lines)."""
+
+  def error(self, message):
+    raise ConfigError(f"{message}; {self.format_usage().strip()}")

@@ -197,3 +197,27 @@ def test_paired_bootstrap_matches_scipy_and_closed_forms():
   assert stats.verdict(stats.paired_bootstrap([1, -1, 2], [0, 0, 0]), "lower") == (
     "no difference shown"
   )
+
+
+def test_ship_stores_float16_and_loads_float32(tmp_path, capsys):
+  cfg = unet.config_dict(
+    unet.UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=2,
+              in_channels=1, out_channels=1, resolution=8)
+  )  # fmt: skip
+  params = unet.init_params(unet.from_config_dict(cfg), 0)
+  unet_io.save_unet(str(tmp_path / "t"), cfg, params, {"summary": "teacher"})
+  assert cli.guarded(unet_io.main, [str(tmp_path / "t"), str(tmp_path / "s")]) == 0
+  assert "float16" in capsys.readouterr().out
+  with np.load(tmp_path / "s" / "params.npz") as f:
+    assert {f[k].dtype for k in f.files} == {np.dtype(np.float16)}
+  _, shipped, meta = unet_io.load_unet(str(tmp_path / "s"))
+  assert meta["summary"] == "teacher" and meta["stored_dtype"] == "float16"
+  for a, b in zip(jax.tree.leaves(shipped), jax.tree.leaves(params), strict=True):
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # float16 rounding only
+  with pytest.raises(SystemExit) as e:
+    cli.guarded(unet_io.main, [str(tmp_path / "t"), str(tmp_path / "x"), "--dtype", "int8"])
+  assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+  with pytest.raises(SystemExit) as e:
+    cli.guarded(unet_io.main, [str(tmp_path / "missing"), str(tmp_path / "y")])
+  assert e.value.code == 2 and "holds no saved U-Net" in capsys.readouterr().err

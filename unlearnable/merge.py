@@ -24,7 +24,6 @@ DIR/victim_matrix.png (the final matrix as a heatmap from chance to 100%).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -453,13 +452,8 @@ def merge(srcs: Sequence[str], out: str) -> dict:
   return merged
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, exit 2 (through cli.guarded), not argparse's two
-    raise ConfigError(f"{message}; {USAGE}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = _Parser(
+  parser = cli.ArgumentParser(
     prog="python -m unlearnable.merge",
     usage=USAGE.removeprefix("usage: "),
     description=__doc__.split("\n")[0],

@@ -23,17 +23,10 @@ from shared.errors import ConfigError
 DTYPES = ("float32", "bfloat16")
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose errors are a ConfigError: one `error: ...` line and exit 2 via shared.cli."""
-
-  def error(self, message):
-    raise ConfigError(f"{message}; {self.format_usage().strip()}")
-
-
 def parser(prog: str, about: str, whats: Sequence[str], dtype: str) -> argparse.ArgumentParser:
   """The flags every peer takes: `prog` is its module, `about` its docstring, `whats` its steps
   (all run by default), `dtype` its default autocast dtype."""
-  p = _Parser(
+  p = cli.ArgumentParser(
     prog=f"python -m {prog}",
     description=about,
     formatter_class=argparse.RawDescriptionHelpFormatter,
