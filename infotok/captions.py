@@ -48,14 +48,6 @@ from shared.workdir import load_params, save_params
 SPLITS = ("train", "val", "test")
 
 
-BUILT_IN_SCENES = ("shapes", "cifar_grid")  # scenes with per-object attributes, questions, answers
-
-
-def is_caption_set(data_cfg) -> bool:
-  """True for image-caption sets (anything but the built-in scenes)."""
-  return data_cfg.name not in BUILT_IN_SCENES
-
-
 def load_data(cfg) -> tuple[dict[str, dict], dict]:
   """Splits train / val / test with 'image', 'clean' (= image) and 'captions'."""
   if not cfg.name.startswith("tfds:"):

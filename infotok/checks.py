@@ -2,13 +2,13 @@
 every nonsense value is one ConfigError line (exit 2 through `shared.app`).
 
 The generic value rules (steps, batch sizes, learning rates, ...) are `shared.validate`'s; these
-are the ones only InfoTok knows: the variant names, the sweeps those variants need, the styles, the
-compute dtypes and the quantizer.
+are the ones only InfoTok knows: the bed (`config.data.name`), the variant names, the sweeps those
+variants need, the styles, the compute dtypes and the quantizer.
 """
 
 from __future__ import annotations
 
-from infotok import tokenizer_sweep
+from infotok import beds, tokenizer_sweep
 from infotok.unified import STYLES
 from shared.errors import ConfigError
 
@@ -16,6 +16,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def check_config(config) -> None:
+  beds.bed_of(config.data)  # an unknown data.name
   variants = list(config.variants)
   known = tokenizer_sweep.FACTORIAL
   unknown = [v for v in variants if v not in known]

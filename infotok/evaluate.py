@@ -26,52 +26,27 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from infotok import captions, grid_bed, quantizers, regularizers
+from infotok import beds, captions, quantizers, regularizers
 from infotok import text as text_lib
 from shared import metrics as metrics_lib
 from shared import mi
-from shared.data import cifar_grid, shapes
-
-ATTRS = ("shape", "colour", "size", "position")
 
 
-def objects_of(arrays, i: int, grid: int) -> list[tuple[str, str, str, str]]:
-  """Ground-truth objects of scene i as (shape, colour, size, position) names, reading order."""
-  out = []
-  for k in range(arrays["shape"].shape[1]):
-    s = int(arrays["shape"][i, k])
-    if s < 0:
-      continue
-    out.append(
-      (
-        shapes.txt.SHAPES[s],
-        shapes.txt.COLOURS[int(arrays["colour"][i, k])],
-        shapes.txt.SIZES[int(arrays["size"][i, k])],
-        shapes.txt.POSITIONS[grid][int(arrays["pos"][i, k])],
-      )
-    )
-  return out
-
-
-def caption_scores(predicted: list[str], arrays, grid: int) -> dict[str, float]:
+def caption_scores(predicted: list[str], arrays, bed: beds.Bed, grid: int) -> dict[str, float]:
   """Parse rate, object-count accuracy and per-attribute accuracy of generated captions.
 
   Attribute accuracy: over all ground-truth objects, the fraction whose attribute equals that of
   the generated object at the same index (a missing or unparsable object counts as wrong);
   'item_caption_attribute' holds, per caption, that fraction over its own objects' attributes.
-  Attributes: shape, colour, size, position on `shapes`; class, position on `cifar_grid`.
+  Attributes: the bed's (`bed.attrs`: shape, colour, size, position on `shapes`; class, position
+  on `cifar_grid`).
   """
-  if "cls" in arrays:  # cifar_grid
-    attrs, truth_of, parse = grid_bed.ATTRS, grid_bed.objects_of, cifar_grid.parse_caption
-  else:
-    attrs = ATTRS
-    truth_of = lambda a, i: objects_of(a, i, grid)
-    parse = lambda text: shapes.parse_caption(text, grid)
+  attrs = bed.attrs
   parsed, hits = 0, dict.fromkeys(attrs, 0)
   count_ok, n_obj, per_item = 0, 0, []
   for i, text in enumerate(predicted):
-    truth = truth_of(arrays, i)
-    got = parse(text)
+    truth = bed.objects_of(arrays, i, grid)
+    got = bed.parse_caption(text, grid)
     if got is not None:
       parsed += 1
       count_ok += len(got) == len(truth)
@@ -93,7 +68,7 @@ def caption_scores(predicted: list[str], arrays, grid: int) -> dict[str, float]:
 
 
 def understanding(
-  trainer, params, tokens, arrays, text_tok, grid: int | None, n: int, judge=None
+  trainer, params, tokens, arrays, text_tok, bed: beds.Bed, grid: int | None, n: int, judge=None
 ) -> dict:
   """Captioning and VQA on the first n examples of a split (codes from the frozen tokenizer).
 
@@ -107,7 +82,7 @@ def understanding(
   caption_ids = trainer.caption(params, tokens)
   texts = text_lib.decode(text_tok, caption_ids)
   reference = text_lib.decode(text_tok, sub["caption_ids"])
-  if "question_ids" not in sub:
+  if bed.captions:
     hyps = [text_lib.normalize(c).split() for c in texts]
     out = {"caption_bleu4": metrics_lib.corpus_bleu(hyps, captions.references(sub, n))}
     caption_retrieval, caption_hits = judge.judge_captions(sub["image"], caption_ids)
@@ -117,7 +92,7 @@ def understanding(
       {"caption": c, "reference": r} for c, r in list(zip(texts, reference, strict=True))[:4]
     ]
     return out
-  out = caption_scores(texts, sub, grid)
+  out = caption_scores(texts, sub, bed, grid)
   caption_items = np.asarray(out.pop("item_caption_attribute"))
   out["caption_exact"] = float(np.mean([a == b for a, b in zip(texts, reference, strict=True)]))
   answers = text_lib.decode(text_tok, trainer.answer(params, tokens, sub["question_ids"]))
@@ -126,12 +101,10 @@ def understanding(
   out["vqa_accuracy"] = float(correct.mean())
   # The paired statistics' per-item score (infotok.stats): the mean of the two understanding tasks.
   out["item_understanding"] = _rounded((correct + caption_items) / 2)
-  if "question_type" in sub:
-    kinds = cifar_grid.QUESTION_TYPES if "cls" in sub else shapes.txt.QUESTION_TYPES
-    for t, name in enumerate(kinds):
-      sel = sub["question_type"] == t
-      if sel.any():
-        out[f"vqa_{name}"] = float(correct[sel].mean())
+  for t, name in enumerate(bed.question_types):
+    sel = sub["question_type"] == t
+    if sel.any():
+      out[f"vqa_{name}"] = float(correct[sel].mean())
   out["samples"] = [
     {"caption": c, "reference": r, "answer": a, "truth": t}
     for c, r, a, t in list(zip(texts, reference, answers, truth, strict=True))[:4]

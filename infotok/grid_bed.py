@@ -24,14 +24,9 @@ from shared import judge as judge_lib
 from shared.data import cifar_grid
 from shared.data.convert import to_float
 
-NAME = "cifar_grid"
 ATTRS = ("class", "position")
 CRITIC_SMOOTHING = 0.1  # as `infotok.judge.CRITIC_SMOOTHING`
 EMPTY_WIDTH = 0.01  # softness of the empty / occupied boundary in the critic's probabilities
-
-
-def is_grid_set(data_cfg) -> bool:
-  return data_cfg.name == NAME
 
 
 def cells(images_NxHxWxC) -> np.ndarray:

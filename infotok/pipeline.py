@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from infotok import api, captions, evaluate, inputs, summary
+from infotok import api, beds, captions, evaluate, inputs, summary
 from infotok import text as text_lib
 from infotok.tokenizer_trainer import TokenizerTrainer, log_summary
 from infotok.unified import Layout
@@ -53,7 +53,8 @@ class Pipeline:
     self.text_tok = text_tok
     self.judge = judge
     self.grid = info["grid"]
-    self.caption_set = captions.is_caption_set(config.data)
+    self.bed = beds.bed_of(config.data)
+    self.caption_set = self.bed.captions
     self.split_names = captions.SPLITS if self.caption_set else inputs.SPLITS
     self.eval_splits = ("test",) if self.caption_set else ("test", "heldout")
     self.mesh = train_lib.make_mesh(config.run.model_axis)
@@ -212,7 +213,7 @@ class Pipeline:
     for split in self.eval_splits:
       arrays_s = self.splits[split]
       und = evaluate.understanding(
-        trainer, params, tokens[split], arrays_s, self.text_tok, self.grid, n, self.judge
+        trainer, params, tokens[split], arrays_s, self.text_tok, self.bed, self.grid, n, self.judge
       )
       gen, images = evaluate.generation(
         trainer, params, self.trainer_of(tok_name), tok_params, arrays_s, self.judge, key, n

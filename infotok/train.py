@@ -33,7 +33,17 @@ import time
 
 import jax
 
-from infotok import captions, checks, evaluate, grid_bed, inputs, plane, summary, tokenizer_sweep
+from infotok import (
+  beds,
+  captions,
+  checks,
+  evaluate,
+  grid_bed,
+  inputs,
+  plane,
+  summary,
+  tokenizer_sweep,
+)
 from infotok import judge as judge_lib
 from infotok import text as text_lib
 from infotok.pipeline import Pipeline
@@ -108,7 +118,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pretrained = text_lib.load_pretrained(config.text.tokenizer)
   splits, info = inputs.load_data(config.data)
   text_tok = inputs.make_text(config, splits, info, workdir, pretrained)
-  caption_set = captions.is_caption_set(config.data)
+  bed = beds.bed_of(config.data)
+  caption_set = bed.captions
   t_judge = time.time()
   judge_dir = os.path.join(workdir, "judge")
   manifest.check_folder(judge_dir)  # a judge trained under another config is not reused
@@ -124,7 +135,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       1.0 / min(config.judge.group, len(splits["test"]["image"])),
       ceiling["test_image"]["clip_score"],
     )
-  elif grid_bed.is_grid_set(config.data):
+  elif bed is beds.CIFAR_GRID:
     judge, ceiling = _grid_judge(config, splits)
     judge_min = min(ceiling["test_image"]["class"], ceiling["heldout_image"]["class"])
   else:
@@ -208,7 +219,7 @@ def _attribute_judge(config, splits, info, judge_dir):
   """The attribute judge of `shapes` (trained on fresh renders) and its ceiling per split/field."""
   if config.judge.num_scenes and not os.path.exists(os.path.join(judge_dir, "judge.npz")):
     judge_train = judge_lib.render_scenes(
-      config.judge.num_scenes, **inputs.scene_options(config.data), seed=config.seed + 1
+      config.judge.num_scenes, **beds.scene_options(config.data), seed=config.seed + 1
     )
   else:  # judge.num_scenes = 0: the training split (no held-out combinations)
     judge_train = splits["train"]

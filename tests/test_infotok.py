@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from infotok import evaluate, tokenizer, unified, unified_trainer
+from infotok import beds, evaluate, tokenizer, unified, unified_trainer
 from infotok import judge as judge_lib
 from infotok import regularizers as reg
 from infotok import text as text_lib
@@ -338,8 +338,8 @@ def test_caption_scores_and_selection_rule():
   good = "a large red circle at the top left and a small blue square at the bottom right ."
   half = "a large red circle at the top left and a small red square at the top ."
   s = evaluate.caption_scores(
-    [good, half, "garbage"], {k: np.repeat(v, 3, 0) for k, v in arrays.items()}, 3
-  )  # noqa: E501
+    [good, half, "garbage"], {k: np.repeat(v, 3, 0) for k, v in arrays.items()}, beds.SHAPES, 3
+  )
   assert s["caption_parsed"] == pytest.approx(2 / 3)
   assert s["caption_colour"] == pytest.approx(3 / 6) and s["caption_shape"] == pytest.approx(4 / 6)
   points = [
@@ -451,12 +451,11 @@ def test_continuous_quantizer_is_a_one_line_error(tmp_path):
 def test_default_config_judge_above_95_percent_on_real_renders(tmp_path):
   """The default run's judge, trained as that run trains it, on fresh real test renders."""
   from configs import infotok as config_file
-  from infotok import inputs
   from shared import data as data_lib
 
   cfg = config_file.get_config()
   d = cfg.data
-  scene = inputs.scene_options(d)
+  scene = beds.scene_options(d)
   train = judge_lib.render_scenes(cfg.judge.num_scenes, **scene, seed=cfg.seed + 1)
   judge = judge_lib.train_judge(cfg.judge, train, d.grid, cfg.seed, str(tmp_path))
   test = data_lib.load(

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from infotok import evaluate, grid_bed
+from infotok import beds, evaluate, grid_bed
 from shared import data
 from shared.data import cifar_grid as cg
 from tests.fake_cifar10 import write_prepared_cifar10
@@ -66,13 +66,13 @@ def test_score_predictions_arithmetic():
 def test_caption_scores_on_the_grid_bed(fake_data_dir):
   arrays = data.load("cifar_grid", "heldout", data_dir=fake_data_dir, **SIZES)
   truth = cg.decode(arrays["caption"])
-  perfect = evaluate.caption_scores(truth, arrays, grid=2)
+  perfect = evaluate.caption_scores(truth, arrays, beds.CIFAR_GRID, grid=2)
   assert perfect["caption_class"] == perfect["caption_position"] == 1.0
   assert perfect["caption_parsed"] == perfect["caption_count"] == 1.0
   # Objects named in the wrong cells: classes right by index, positions wrong.
   swap = {"top": "bottom", "bottom": "top"}
   moved = [" ".join(swap.get(w, w) for w in t.split()) for t in truth]
-  scores = evaluate.caption_scores(moved, arrays, grid=2)
+  scores = evaluate.caption_scores(moved, arrays, beds.CIFAR_GRID, grid=2)
   assert scores["caption_position"] == 0.0 and scores["caption_class"] > 0
 
 
