@@ -116,6 +116,6 @@ def bed_of(data_cfg) -> Bed:
   if isinstance(name, str) and name.startswith(CAPTION_PREFIX) and len(name) > len(CAPTION_PREFIX):
     return CAPTIONS
   raise ConfigError(
-    f"config.data.name={name!r} is not an InfoTok bed; known: {', '.join(BEDS)} or an "
-    f"image-caption TFDS set '{CAPTION_PREFIX}<name>'"
+    f"config.data.name={name!r} is not an InfoTok bed (InfoTok needs captions): known: "
+    f"{', '.join(BEDS)} or an image-caption TFDS set '{CAPTION_PREFIX}<name>'"
   )
