@@ -124,10 +124,15 @@ class Evaluator:
       "latency_s": self.latency(kit, params),
       "sample_s": round(time.time() - start, 2),
     }
-    if self.config.eval.judge:  # does an independent classifier recognise the samples?
+    return self._judged(row, samples, name, title=name)
+
+  def _judged(self, row: dict, samples, name: str, title: str) -> dict:
+    """`row` with the judge's view of the samples (when `eval.judge`: does an independent
+    classifier recognise them?); their grid saved as eval/samples_<name>.png."""
+    if self.config.eval.judge:
       row.update(self.recognition(samples))
     grid = samples[: self.config.eval.grid]
-    evaluate.save_grid(grid, os.path.join(self.dir, f"samples_{name}.png"), title=name)
+    evaluate.save_grid(grid, os.path.join(self.dir, f"samples_{name}.png"), title=title)
     return row
 
   def evaluate_random_init(self, kit: Toolkit, seed: int) -> dict:
@@ -140,11 +145,7 @@ class Evaluator:
       return cached["row"]
     params = unet.init_params(kit.model, seed)
     samples = self.samples(kit, params)
-    row = {"fd": self.fd(samples)}
-    if self.config.eval.judge:
-      row.update(self.recognition(samples))
-    grid = samples[: self.config.eval.grid]
-    evaluate.save_grid(grid, os.path.join(self.dir, "samples_random_init.png"), title="random init")
+    row = self._judged({"fd": self.fd(samples)}, samples, "random_init", title="random init")
     write_json(path, {"key": key, "row": row})
     return row
 

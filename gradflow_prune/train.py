@@ -80,7 +80,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   kit = toolkit(t_cfg, config, mesh)
   teacher_row = evaluator.evaluate_teacher(kit, t_params, str(t_meta.get("source", "")))
   metrics = _teacher_metrics(evaluator, teacher_row)
-  random_row = evaluator.evaluate_random_init(kit, config.seed)
+  # The random-init yardstick is sampled only when the gate's FD check is on.
+  fd_check = config.teacher_gate.max_fd_fraction > 0
+  random_row = evaluator.evaluate_random_init(kit, config.seed) if fd_check else None
   metrics["teacher_gate"] = t_gate = gate.check(config.teacher_gate, teacher_row, random_row)
   for line in gate.lines(t_gate):
     logging.info("%s", line)

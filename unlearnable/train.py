@@ -196,7 +196,7 @@ def run_seed(config, seed: int, sets: dict, num_classes: int, sdir: str) -> tupl
         ),
       )
     for victim in config.victims:
-      cells[method].update(evaluate.derived_cells(victim, cells[method][victim]))
+      cells[method].update(evaluate.derived_cells(victim, cells[method].get(victim, {})))
   return cells, infos
 
 
