@@ -27,7 +27,7 @@ TARGETS = (
 )
 SCALING = (("mcae/mae_pretrain", 256), ("gradflow_prune/ddpm_train_bfloat16", 128))
 SCALING_TARGET = 1.85
-PRUNED_TARGET = 0.9
+PRUNED_TARGET = 0.8  # issue 20: speed-up >= 0.8x the MACs ratio
 
 
 def read(paths: list[str]) -> list[dict]:
@@ -102,7 +102,7 @@ def pruned_table(rows: list[dict]) -> str:
   teacher = idx.get(("gradflow_prune/forward_teacher", 1, 256))
   lines = [
     "| pruned forward | examples/s | speed-up vs teacher | MACs ratio (teacher / pruned) "
-    "| speed-up / MACs ratio | target 0.9 met |",
+    f"| speed-up / MACs ratio | target {PRUNED_TARGET} met |",
     "|" + "---|" * 6,
   ]
   if not teacher:

@@ -4,6 +4,7 @@
 # groups: matmul mcae mcae_cudnn mcae_xla mcae_breakdown ddpm_train ddpm_breakdown ddpm_sample unlearnable
 # infotok, and mcae_x2
 # ddpm_train_x2 (global batch doubled, for 2 devices).
+# xla_flags: the DDPM and ResNet-18 train steps under the XLA settings of XLA_FLAG_SETS.
 # profile: kernel-class profiles of the paper steps (benchmarks.profile) -> $out/profile.jsonl,
 # raw traces in $out/traces/ (PROFILE_STEPS traced calls, default 5).
 # peers: the PyTorch peers (benchmarks.peers.*), eager and torch.compile -> $out/peers.jsonl;
@@ -33,6 +34,24 @@ profile_all() {  # every profile, even after one fails; fails if any did
   prof --config configs/unlearnable.py:paper --what perturb || rc=1
   prof --config configs/unlearnable.py:paper --what train_step || rc=1
   prof --config configs/infotok.py:paper --what train_step --batch 32 || rc=1
+  return $rc
+}
+# XLA settings the profiles point at (docs/benchmarks.md: the DDPM and ResNet-18 steps spend a
+# quarter to a third of their wall time with no kernel running): the same steps under each,
+# named <case>[<label>].
+XLA_FLAG_SETS=(
+  "cb_off:--xla_gpu_enable_command_buffer="
+  "cb_cudnn:--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
+  "graph1:--xla_gpu_graph_min_graph_size=1"
+)
+xla_flags_all() {  # fails if any setting did
+  local rc=0 entry
+  for entry in "${XLA_FLAG_SETS[@]}"; do
+    XLA_FLAGS="${XLA_FLAGS:-} ${entry#*:}" run --config configs/gradflow_prune.py:paper \
+      --what train_step --label "${entry%%:*}" || rc=1
+    XLA_FLAGS="${XLA_FLAGS:-} ${entry#*:}" run --config configs/unlearnable.py:paper \
+      --what train_step --label "${entry%%:*}" || rc=1
+  done
   return $rc
 }
 peers_all() {  # each peer eager, then compiled; fails if any did
@@ -67,6 +86,7 @@ for group in "$@"; do
       run --config configs/unlearnable.py:paper --what train_step
       ;;
     infotok) run --config configs/infotok.py:paper --what train_step --batch 32 ;;
+    xla_flags) xla_flags_all ;;
     profile) profile_all ;;
     peers) peers_all ;;
     *) echo "unknown group $group" ;;
