@@ -19,6 +19,26 @@ first `/device:GPU:N` process (not its derived `XLA Ops` / `XLA Modules` / `Step
 repeat them); on a device without stream lines, its `XLA Ops` line; on the CPU, the XLA thunks
 (events whose args carry `hlo_op`) of the lowest `device_ordinal`, nested ones (a `while` and its
 body) counted once, in the innermost. docs/benchmarks.md ("Profiling and peers") lists the rules.
+
+Name stacks (the "optimizer" class and the grad-step rule need each op's JAX name stack): a trace
+carries them in its events' args (`tf_op`, ...) only where XLA launched the op by itself. On the
+GPU XLA runs nearly every kernel inside CUDA graphs (command buffers): each kernel event then says
+`hlo_op: command_buffer_N`, `tf_op: XlaModule:`, and only its name is the HLO instruction's
+(`loop_multiply_fusion_42` for `loop_multiply_fusion.42`); the CPU's thunks carry no stack at all.
+So `profile` also reads the case's optimized HLO, `case.step.lower(*case.args).compile().as_text()`,
+and maps each instruction (outside fusion bodies) to its metadata op_name, per HLO module
+(`hlo_op_names`). That call hits JAX's in-memory lowering and compilation caches (the step was
+just compiled for the same arguments): no recompilation, a few ms on the CPU (`hlo_names_s` in the
+JSON line), where XLA's dump flags (`--xla_dump_to`) would have to be set before the backend starts
+and write every module of the process. A step that is no jitted function (a Python wrapper around
+one, e.g. gradflow_prune's sampler) has no `.lower`: its ops keep only the stacks the trace has.
+The map is saved as `<trace_dir>/<case>/hlo_op_names.json`; `--from_trace` reads the one beside
+the trace (in the trace's folder or one above it, up to the case's folder) or `--hlo_names FILE`.
+An event without a stack of its own (or inside a command buffer) takes its kernel's, then its
+`hlo_op`'s, from the map; library kernels (cuBLAS, cuDNN: `sm90_xmma_...`) are not HLO names and
+keep their class by name. The JSON line's `name_stacks` says where the stacks came from: "trace
+args", "compiled HLO", both ("trace args + compiled HLO") or "none".
+
 Bad input (unknown --what, no --config, an unreadable trace) is one line `error: ...`, exit 2.
 """
 
