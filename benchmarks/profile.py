@@ -94,7 +94,8 @@ _COPY = re.compile(
 _ELEMENTWISE = re.compile(
   r"fusion|reduce|norm|elementwise|broadcast|select|convert|wrapped|^loop|^input|triton"
 )
-# A name-stack component that names the update (none of ours do yet: see docs/benchmarks.md).
+# A name-stack component that names the update (`TrainState.apply_gradients` runs it under
+# `jax.named_scope("optimizer")`).
 _OPTIMIZER = re.compile(r"(^|[/(])(optimizer|apply_gradients|optax|adamw?|sgd|ema)(?=[/()\s]|$)")
 # Arguments of a kernel event that may carry its JAX name stack (the HLO op's metadata op_name);
 # `long_name` is the HLO text, whose metadata={op_name="..."} holds it.
@@ -111,7 +112,9 @@ def name_stack(args: dict) -> str:
   return " ".join(parts)
 
 
-def classify(name: str, args: dict, *, grad_step: bool = False) -> str:
+def classify(
+  name: str, args: dict, *, grad_step: bool = False, hlo_names: dict | None = None
+) -> str:
   """The op class of one device event, from its kernel name and its trace args.
 
   Args:
@@ -121,6 +124,8 @@ def classify(name: str, args: dict, *, grad_step: bool = False) -> str:
       elementwise op whose name stack lies outside the differentiated function (no `jvp(` and no
       `transpose(` in it) is the update that follows the gradient (optimizer, EMA, the gradient
       norm; a PGD step's signed update and projection).
+    hlo_names: {HLO module: {instruction: op_name}} (`hlo_op_names`) for events whose args carry
+      no name stack of their own (`event_stack`).
 
   Returns:
     One of CLASSES other than "idle".
@@ -134,13 +139,126 @@ def classify(name: str, args: dict, *, grad_step: bool = False) -> str:
     return "gemm"
   if _COPY.search(text):
     return "copy"
-  stack = name_stack(args)
+  stack = event_stack(name, args, hlo_names)[0]
   if _OPTIMIZER.search(stack.lower()):
     return "optimizer"
   base = "elementwise" if _ELEMENTWISE.search(text) else "other"
   if grad_step and base == "elementwise" and stack and "jvp(" not in stack:
     return "optimizer"  # the backward pass's ops are under "transpose(jvp(...))" too
   return base
+
+
+# ----------------------------------------------------------------------------------------------
+# Name stacks from the compiled HLO (see the module docstring)
+
+HLO_NAMES_FILE = "hlo_op_names.json"
+_COMMAND_BUFFER = re.compile(r"command[-_]buffer")
+_HLO_MODULE_LINE = re.compile(r"HloModule\s+([^\s,]+)")
+_HLO_COMPUTATION_LINE = re.compile(r"(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_HLO_INSTRUCTION_LINE = re.compile(r"\s+(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_HLO_FUSION_CALLS = re.compile(r"\sfusion\(.*?\bcalls=%?([\w.\-]+)")
+_HLO_OP_NAME = re.compile(r'metadata=\{[^{}]*?\bop_name="((?:[^"\\]|\\.)*)"')
+
+
+def hlo_key(name: str) -> str:
+  """An HLO instruction's name as its GPU kernel is named: `%loop_add_fusion.4` ->
+  `loop_add_fusion_4` (no '%', '.' and '-' as '_')."""
+  return re.sub(r"[.\-]", "_", name.strip().lstrip("%"))
+
+
+def hlo_op_names(text: str) -> dict[str, dict[str, str]]:
+  """{HLO module: {instruction (`hlo_key`): its metadata op_name}} of optimized HLO text.
+
+  Only instructions outside fusion bodies (the ones a kernel or thunk is named after) with a
+  non-empty op_name; parameters are left out (their op_name is the argument's path).
+  """
+  modules: dict[str, list] = {}  # module -> [(computation, instruction, rest of its line)]
+  module, computation = "", ""
+  for line in text.splitlines():
+    if m := _HLO_MODULE_LINE.match(line):
+      module, computation = m.group(1), ""
+      modules.setdefault(module, [])
+    elif m := _HLO_COMPUTATION_LINE.match(line):
+      computation = m.group(1)
+    elif computation and (m := _HLO_INSTRUCTION_LINE.match(line)):
+      modules.setdefault(module, []).append((computation, m.group(1), m.group(2)))
+  out: dict[str, dict[str, str]] = {}
+  for module, instructions in modules.items():
+    fused = {m.group(1) for _, _, rest in instructions if (m := _HLO_FUSION_CALLS.search(rest))}
+    names = out.setdefault(module, {})
+    for computation, name, rest in instructions:
+      if computation in fused or " parameter(" in f" {rest}":
+        continue
+      if (m := _HLO_OP_NAME.search(rest)) and m.group(1):
+        names[hlo_key(name)] = re.sub(r"\\(.)", r"\1", m.group(1))
+  return out
+
+
+def case_hlo_op_names(case) -> dict[str, dict[str, str]] | None:
+  """`hlo_op_names` of the executable `case.step` runs for `case.args`, or None where the step
+  has no `.lower` (no jitted function) or lowering it fails. For a step already called with these
+  arguments this reuses JAX's cached lowering and executable: nothing is compiled again."""
+  lower = getattr(case.step, "lower", None)
+  if lower is None:
+    return None
+  try:
+    text = lower(*case.args).compile().as_text()
+  except Exception:  # a step that lowers differently outside a call: no map, the trace's stacks
+    return None
+  return hlo_op_names(text) if text else None
+
+
+def save_hlo_names(path: str, names: dict[str, dict[str, str]]) -> None:
+  with open(path, "w") as f:
+    json.dump({"source": "compiled HLO", "modules": names}, f, indent=1, sort_keys=True)
+
+
+def load_hlo_names(path: str) -> dict[str, dict[str, str]]:
+  """A map `save_hlo_names` wrote ({"modules": {module: {instruction: op_name}}})."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f"HLO op names {path}: {e}") from None
+  modules = data.get("modules") if isinstance(data, dict) else None
+  if not isinstance(modules, dict) or not all(isinstance(v, dict) for v in modules.values()):
+    raise DataError(f"HLO op names {path}: no {{'modules': {{module: {{op: name}}}}}} in it")
+  return modules
+
+
+def find_hlo_names(trace: str, levels: int = 4) -> str | None:
+  """The `HLO_NAMES_FILE` beside a trace file: in its folder or one of the `levels` above it
+  (a case's folder holds `plugins/profile/<run>/<trace>`), the nearest first."""
+  folder = os.path.dirname(os.path.abspath(trace))
+  for _ in range(levels + 1):
+    candidate = os.path.join(folder, HLO_NAMES_FILE)
+    if os.path.isfile(candidate):
+      return candidate
+    folder = os.path.dirname(folder)
+  return None
+
+
+def event_stack(name: str, args: dict, hlo_names: dict | None = None) -> tuple[str, str]:
+  """An event's name stack and where it came from ("trace args", "compiled HLO" or "none").
+
+  Its own args' stack (`name_stack`) unless it has none or it ran inside a command buffer (whose
+  args describe the buffer, not the kernel); then its kernel's name, else its `hlo_op`, looked up
+  in `hlo_names` (`hlo_op_names`), in its `hlo_module` where the map has that module, else in all.
+  """
+  own = name_stack(args)
+  hlo_op = str(args.get("hlo_op", ""))
+  in_buffer = bool(_COMMAND_BUFFER.match(hlo_op))
+  if own and not in_buffer:
+    return own, "trace args"
+  if hlo_names:
+    module = args.get("hlo_module")
+    tables = [hlo_names[module]] if module in hlo_names else list(hlo_names.values())
+    keys = [hlo_key(name)] + ([hlo_key(hlo_op)] if hlo_op and not in_buffer else [])
+    for key in keys:
+      for table in tables:
+        if table.get(key):
+          return table[key], "compiled HLO"
+  return "", "none"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,17 +416,26 @@ def attribute(spans: list[tuple[float, float, tuple]]) -> tuple[list[float], flo
   return owned, union
 
 
-def summarize(events: list[dict], steps: int | None = None, top: int = TOP_KERNELS) -> dict:
+def summarize(
+  events: list[dict],
+  steps: int | None = None,
+  top: int = TOP_KERNELS,
+  hlo_names: dict[str, dict[str, str]] | None = None,
+) -> dict:
   """Device time per op class and the top kernels, per step, from a trace's events.
 
   Args:
     events: a Chrome/perfetto trace's `traceEvents` (metadata events name processes/threads).
     steps: steps traced; None = the number of `STEP_MARKER` events (each traced call is one).
     top: how many kernels to list.
+    hlo_names: {HLO module: {instruction: op_name}} of the traced step (`hlo_op_names`): the
+      name stacks of the ops whose args carry none (`event_stack`).
 
   Returns:
-    {steps, step_ms, busy_ms, device_source, step_window, differentiated, classes: {class:
-    {ms_per_step, share}}, top_kernels: [{name, ms_per_step, calls_per_step, class}]}. The wall
+    {steps, step_ms, busy_ms, device_source, step_window, differentiated, name_stacks, classes:
+    {class: {ms_per_step, share}}, top_kernels: [{name, ms_per_step, calls_per_step, class}]}.
+    name_stacks: where the ops' name stacks came from ("trace args", "compiled HLO", both joined
+    by " + ", or "none"). The wall
     time of the steps is the span of the step markers widened to every device op (the span of the
     device ops where there are no markers, or where most ops lie outside them: another clock);
     idle = wall - union of the device ops.
@@ -337,15 +464,24 @@ def summarize(events: list[dict], steps: int | None = None, top: int = TOP_KERNE
     window = "device ops (no step markers)"
   wall_us = max(e for _, e in edges) - min(s for s, _ in edges)
   owned, busy_us = attribute(spans)
-  grad_step = any("transpose(jvp(" in name_stack(e.get("args") or {}) for e in ops)
+  stacks: dict[tuple, tuple[str, str]] = {}  # (name, hlo_op, module, own stack) -> event_stack
+  keys = []
+  for e in ops:
+    name, args = str(e.get("name", "")), e.get("args") or {}
+    key = (name, str(args.get("hlo_op", "")), str(args.get("hlo_module", "")), name_stack(args))
+    if key not in stacks:
+      stacks[key] = event_stack(name, args, hlo_names)
+    keys.append(key)
+  grad_step = any("transpose(jvp(" in stack for stack, _ in stacks.values())
+  found = {source for _, source in stacks.values()} - {"none"}
+  origin = " + ".join(s for s in ("trace args", "compiled HLO") if s in found) or "none"
   per_class: dict[str, float] = dict.fromkeys(CLASSES, 0.0)
   per_kernel: dict[tuple[str, str], list] = {}  # (name, class) -> [us, calls]
   classes: dict[tuple, str] = {}  # one kernel name can serve several HLO ops: classify each
-  for e, us in zip(ops, owned, strict=True):
-    name, args = str(e.get("name", "")), e.get("args") or {}
-    key = (name, str(args.get("hlo_op", "")), name_stack(args))
+  for e, key, us in zip(ops, keys, owned, strict=True):
+    name, args = key[0], e.get("args") or {}
     if key not in classes:
-      classes[key] = classify(name, args, grad_step=grad_step)
+      classes[key] = classify(name, args, grad_step=grad_step, hlo_names=hlo_names)
     entry = per_kernel.setdefault((name, classes[key]), [0.0, 0])
     entry[0] += us
     entry[1] += 1
@@ -364,6 +500,7 @@ def summarize(events: list[dict], steps: int | None = None, top: int = TOP_KERNE
     "device_source": source,
     "step_window": window,
     "differentiated": grad_step,
+    "name_stacks": origin,
     "classes": {
       c: {"ms_per_step": ms(us), "share": round(us / wall_us, 6) if wall_us else 0.0}
       for c, us in per_class.items()
@@ -460,7 +597,14 @@ def profile(
   rows = []
   for case in cases:
     path, times = trace_case(case, steps, warmup, trace_dir)
-    summary = summarize(read_events(path), steps)
+    t0 = time.perf_counter()
+    names = case_hlo_op_names(case)  # after the calls: from JAX's caches, nothing recompiled
+    hlo_names_s = time.perf_counter() - t0
+    names_file = None
+    if names:
+      names_file = os.path.join(trace_dir, _case_folder(case.name), HLO_NAMES_FILE)
+      save_hlo_names(names_file, names)
+    summary = summarize(read_events(path), steps, hlo_names=names)
     rows.append(
       {
         "case": case.name,
@@ -471,6 +615,8 @@ def profile(
         "dtype": case.meta.get("dtype"),
         "step_ms_host_median": 1e3 * statistics.median(times),
         "trace": path,
+        "hlo_names": names_file,
+        "hlo_names_s": round(hlo_names_s, 4),
         **summary,
       }
     )
@@ -508,11 +654,18 @@ flags.DEFINE_string(
 flags.DEFINE_string(
   "case", "", "Case name for --from_trace (default: the folder's name).", flag_values=FLAGS
 )
+flags.DEFINE_string(
+  "hlo_names",
+  "",
+  f"For --from_trace: the {HLO_NAMES_FILE} map of HLO ops to name stacks (default: the one "
+  "beside the trace, if any).",
+  flag_values=FLAGS,
+)
 USAGE = (
   "usage: python -m benchmarks.profile --config configs/<method>.py[:variant] "
   "--what train_step|sample|perturb [--batch N] [--steps K] [--only REGEX] --trace_dir DIR "
   "[--out FILE.jsonl] "
-  "| --from_trace PATH [--case NAME] [--steps K]"
+  "| --from_trace PATH [--case NAME] [--steps K] [--hlo_names FILE]"
 )
 
 
@@ -545,7 +698,10 @@ def main(argv=None) -> int:
     path = find_trace(FLAGS.from_trace)
     name = FLAGS.case or os.path.basename(os.path.normpath(FLAGS.from_trace))
     steps = FLAGS.steps if FLAGS["steps"].present else None  # else: the step markers
-    rows = [{"case": name, "trace": path, **summarize(read_events(path), steps)}]
+    names_file = FLAGS.hlo_names or find_hlo_names(path)
+    names = load_hlo_names(names_file) if names_file else None
+    summary = summarize(read_events(path), steps, hlo_names=names)
+    rows = [{"case": name, "trace": path, "hlo_names": names_file, **summary}]
   else:
     rows = profile(
       config, FLAGS.what, FLAGS.batch, FLAGS.steps, FLAGS.warmup, FLAGS.trace_dir, FLAGS.only
