@@ -12,10 +12,9 @@ with `--tiny` and JAX lines of more than one device are left out (the targets ar
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
-from benchmarks.report import TARGETS
+from benchmarks.report import TARGETS, read_lines
 from shared import cli
 from shared.errors import ConfigError, DataError
 
@@ -80,13 +79,7 @@ USAGE = "usage: python -m benchmarks.ratio JAX.jsonl PEER.jsonl [PEER.jsonl ...]
 
 
 def read(path: str) -> list[dict]:
-  try:
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-  except OSError as e:
-    raise DataError(f"{path}: {e.strerror or e}") from None
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}: not JSON lines ({e})") from None
+  rows = read_lines(path, "lines of `benchmarks.run` or `benchmarks.peers.*`")
   for r in rows:
     if not isinstance(r, dict) or "case" not in r or "examples_per_s" not in r:
       raise DataError(f"{path}: a line without case / examples_per_s: {str(r)[:80]}")

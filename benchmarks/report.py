@@ -30,12 +30,36 @@ SCALING_TARGET = 1.85
 PRUNED_TARGET = 0.8  # issue 20: speed-up >= 0.8x the MACs ratio
 
 
-def read(paths: list[str]) -> list[dict]:
+def read_lines(path: str, what: str = "") -> list[dict]:
+  """The JSON lines of one file (blank lines skipped), every one an object.
+
+  Raises:
+    DataError: the file cannot be read, or a line is not a JSON object; the message names the
+      file (and `what` it should hold, e.g. "lines of `python -m benchmarks.run`") and the line.
+  """
+  hint = f" (expected: {what})" if what else ""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
   rows = []
-  for path in paths:
-    with open(path) as f:
-      rows += [json.loads(line) for line in f if line.strip()]
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path} line {i}: not JSON ({e}){hint}") from None
+    if not isinstance(row, dict):
+      raise DataError(f"{path} line {i}: not a JSON object{hint}")
+    rows.append(row)
   return rows
+
+
+def read(paths: list[str]) -> list[dict]:
+  """The rows of every `benchmarks.run` JSON-lines file, in order."""
+  return [r for path in paths for r in read_lines(path, "lines of `python -m benchmarks.run`")]
 
 
 def _fmt(v, fmt):
@@ -180,13 +204,7 @@ def main(argv=None) -> int:
   paths = cli.run_folders(argv[1:], USAGE, __doc__.strip().splitlines()[0])
   if paths is None:  # --help
     return 0
-  try:
-    rows = read(paths)
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f"cannot read {getattr(e, 'filename', None) or paths}: {e}") from None
-  except json.JSONDecodeError as e:
-    raise DataError(f"not JSON lines of `python -m benchmarks.run` ({e}); {USAGE}") from None
-  print(report(rows))
+  print(report(read(paths)))
   return 0
 
 

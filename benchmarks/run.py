@@ -17,9 +17,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from benchmarks.cases import BENCH_MODULES
+from benchmarks.report import read_lines
 from shared import benchmark as harness
 from shared import cli
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError
 
 config_flags.DEFINE_config_file("config", None, "Method config file[:variant].", lock_config=True)
 flags.DEFINE_string("what", "train_step", "train_step | sample | perturb (per method).")
@@ -104,10 +105,9 @@ def run(config, what: str, steps: int, warmup: int, batch: int, flops: bool) -> 
 def _read_flops(path: str) -> dict[str, tuple[float, float]]:
   """case -> (constant, per-example) FLOPs from a --count_only run (any batch size follows)."""
   try:
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-  except (OSError, json.JSONDecodeError) as e:
-    raise ConfigError(f"--flops_from {path}: {e}") from None
+    rows = read_lines(path, "lines of `python -m benchmarks.run --count_only`")
+  except DataError as e:
+    raise ConfigError(f"--flops_from: {e}") from None
   return {
     r["case"]: (r["flops_const"], r["flops_per_example"])
     for r in rows

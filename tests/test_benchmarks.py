@@ -174,3 +174,26 @@ def test_input_pipeline_prints_a_row_per_case(capsys):
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r["case"] for r in rows] == ["memory", "grain/workers=0"]
   assert all(r["img_per_s"] > 0 and r["feed"] for r in rows)
+
+
+def test_one_json_lines_reader_names_file_and_line(tmp_path, capsys):
+  """benchmarks.report.read_lines backs report, ratio and --flops_from: one error wording."""
+  from benchmarks import report
+  from shared import cli
+  from shared.errors import DataError
+
+  good = tmp_path / "good.jsonl"
+  good.write_text('{"case": "a"}\n\n{"case": "b"}\n')
+  assert [r["case"] for r in report.read_lines(str(good))] == ["a", "b"]
+  for text, needle in (('{"case": "a"}\n{oops\n', "line 2: not JSON"), ("[1, 2]\n", "not a JSON")):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(text)
+    with pytest.raises(DataError, match=needle):
+      report.read_lines(str(bad), "lines of x")
+  with pytest.raises(DataError, match="cannot read"):
+    report.read_lines(str(tmp_path / "missing.jsonl"))
+  with pytest.raises(SystemExit) as exit_info:  # the report CLI: one line, exit 2
+    cli.guarded(report.main, ["report", str(tmp_path / "bad.jsonl")])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "bad.jsonl line 1" in err[0]
