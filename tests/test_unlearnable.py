@@ -436,6 +436,12 @@ def test_knn_monitor_and_gates():
   assert g["gates"]["supervised"]["status"] == "met"
   assert g["gates"]["simclr"]["status"] == "missed" and not g["verdict"]
   assert "no protection verdict" in "\n".join(ue_train.gate_lines(g))
+  # With the run's columns, only those that need the missed gate lose their verdicts.
+  text = ue_train.gate_lines(g, ["supervised", "simclr", "simclr_clean_probe", "grayscale"])[-1]
+  assert text == (
+    "Gate simclr not met: no protection verdict for simclr, simclr_clean_probe; "
+    "the columns supervised, grayscale keep theirs."
+  )
   g = ue_train.gate_check(cfg, {0: {"random": {}}})
   assert g["gates"]["supervised"]["status"] == "not measured" and not g["verdict"]
   # A run's own gates: only those its columns need (a supervised-only run: not simclr's).

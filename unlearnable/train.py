@@ -230,14 +230,31 @@ def gate_check(config, per_seed: dict, columns=None) -> dict:
   return out
 
 
-def gate_lines(gates: dict) -> list[str]:
+def gate_lines(gates: dict, columns=None) -> list[str]:
+  """One line per gate; then, when one is not met, which columns lose their verdicts.
+
+  Args:
+    gates: `gate_check`'s result.
+    columns: the run's table columns; a missed or unmeasured gate withholds the verdicts of the
+      columns that need it (`evaluate.GATE_OF`) only. None: of every column.
+  """
   lines = []
   for victim, g in gates["gates"].items():
     vals = ", ".join(f"{100 * v:.2f}" for v in g["clean"]) or "-"
     gate = f"{100 * g['gate']:.0f}%"
     lines.append(f"Gate {victim}: clean accuracy [{vals}]% vs {gate}: {g['status']}.")
-  if gates["gates"] and not gates["verdict"]:
+  if not gates["gates"] or gates["verdict"]:
+    return lines
+  if columns is None:
     lines.append("A gate is not met: no protection verdict from this run.")
+    return lines
+  unmet = {v for v, g in gates["gates"].items() if g["status"] != "met"}
+  held = [c for c in columns if evaluate.GATE_OF.get(c) in unmet]
+  kept = [c for c in columns if c not in held]
+  lines.append(
+    f"Gate {', '.join(sorted(unmet))} not met: no protection verdict for "
+    f"{', '.join(held)}" + (f"; the columns {', '.join(kept)} keep theirs." if kept else ".")
+  )
   return lines
 
 
@@ -272,7 +289,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   gates = gate_check(config, per_seed, victims)
   text = "\n".join(
     [
-      *gate_lines(gates),
+      *gate_lines(gates, victims),
       *([""] if gates["gates"] else []),
       f"Clean-test accuracy (%), final epoch, mean ± std over seeds {list(config.seeds)} "
       f"({num_classes} classes, chance {100 / num_classes:.1f}%):",
