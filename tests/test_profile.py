@@ -1,6 +1,6 @@
 """`benchmarks.profile`: the op classifier and the trace summariser on synthetic GPU-like traces
-(streams, derived lines, overlapping kernels, idle time), one real CPU trace end to end, and the
-one-line error path."""
+(streams, derived lines, overlapping kernels, idle time, kernels in a command buffer with their
+name stacks from the compiled HLO), one real CPU trace end to end, and the one-line error path."""
 
 import gzip
 import json
@@ -74,6 +74,129 @@ def test_classify_optimizer_from_the_name_stack():
   assert profile.classify("nvjet_tst_64x8", outside, grad_step=True) == "gemm"
   marked = {"long_name": '%f = f32[8] fusion(), metadata={op_name="jit(step)/optimizer/mul"}'}
   assert profile.classify("loop_multiply_fusion", marked) == "optimizer"
+
+
+# Optimized HLO as `Compiled.as_text()` prints it (GPU-like: a command buffer computation), and a
+# second module printed without '%' whose instruction shares a name with the first's.
+HLO_TEXT = """HloModule jit_step, is_scheduled=true, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
+
+FileNames
+1 "/work/main/shared/train_state.py"
+
+%fused_multiply (param_0: f32[8]) -> f32[8] {
+  %param_0 = f32[8]{0} parameter(0)
+  ROOT %multiply.1 = f32[8]{0} multiply(%param_0, %param_0), metadata={op_name="jit(step)/optimizer/mul"}
+}
+
+%command_buffer (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0), metadata={op_name="state.params[\\'w\\']"}
+  %loop_add_fusion.2 = f32[8]{0} fusion(%p), kind=kLoop, calls=%fused_add, metadata={op_name="jit(step)/transpose(jvp(MAE))/add" stack_frame_id=3}
+  %input_reduce_fusion.7 = f32[] fusion(%p), kind=kInput, calls=%fused_reduce, metadata={op_name="jit(step)/jvp(MAE)/LayerNorm_0/reduce_sum"}
+  %wrapped_convert.62 = bf16[8]{0} fusion(%p), kind=kLoop, calls=%wrapped_convert_computation, metadata={op_name="jit(step)/optimizer/convert_element_type"}
+  ROOT %loop_multiply_fusion.4 = f32[8]{0} fusion(%p), kind=kLoop, calls=%fused_multiply, metadata={op_name="jit(step)/optimizer/mul"}
+}
+
+ENTRY %main.9 (param.1: f32[8]) -> f32[8] {
+  %param.1 = f32[8]{0} parameter(0), sharding={replicated}, metadata={op_name="state.step"}
+  ROOT %call = f32[8]{0} call(%param.1), to_apply=%command_buffer
+}
+
+HloModule jit_other, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
+
+ENTRY main.3 {
+  p.1 = f32[8]{0} parameter(0)
+  ROOT loop_multiply_fusion.4 = f32[8]{0} fusion(p.1), kind=kLoop, calls=fc, metadata={op_name="jit(other)/Encoder/mul"}
+}
+"""  # noqa: E501  (HLO lines as XLA prints them)
+
+
+def test_hlo_op_names_maps_kernel_names_to_name_stacks():
+  names = profile.hlo_op_names(HLO_TEXT)
+  assert set(names) == {"jit_step", "jit_other"}
+  # Kernel-style keys ('.' as '_', no '%'); fusion bodies, parameters and ops without metadata
+  # (the command buffer's call) are left out.
+  assert names["jit_step"] == {
+    "loop_add_fusion_2": "jit(step)/transpose(jvp(MAE))/add",
+    "input_reduce_fusion_7": "jit(step)/jvp(MAE)/LayerNorm_0/reduce_sum",
+    "wrapped_convert_62": "jit(step)/optimizer/convert_element_type",
+    "loop_multiply_fusion_4": "jit(step)/optimizer/mul",
+  }
+  assert names["jit_other"] == {"loop_multiply_fusion_4": "jit(other)/Encoder/mul"}
+  args = {"hlo_op": "command_buffer_1", "tf_op": "XlaModule:", "hlo_module": "jit_step"}
+  assert profile.event_stack("loop_multiply_fusion_4", args, names) == (
+    "jit(step)/optimizer/mul",
+    "compiled HLO",
+  )
+  other = {**args, "hlo_module": "jit_other"}
+  assert profile.event_stack("loop_multiply_fusion_4", other, names)[0].startswith("jit(other)")
+  assert profile.event_stack("sm90_xmma_dgrad_bf16", args, names) == ("", "none")
+  # Outside a command buffer the event's own stack wins; its hlo_op is looked up when it has none.
+  own = {"hlo_op": "fusion.9", "tf_op": "jit(step)/jvp(MAE)/add"}
+  assert profile.event_stack("loop_add_fusion_2", own, names) == (own["tf_op"], "trace args")
+  bare = {"hlo_op": "wrapped_convert.62", "hlo_module": "jit_step"}
+  assert profile.event_stack("wrapped_convert.62", bare, names)[1] == "compiled HLO"
+
+
+def command_buffer_trace(n_steps=2, period=100.0):
+  """One GPU whose kernels all ran in a CUDA graph (args name the buffer, not the kernel): per
+  step a cuDNN dgrad [10, 40], the backward add [40, 50], a forward reduce [50, 60], the update's
+  multiply [60, 75] and convert [75, 80], and a memcpy [80, 85]."""
+  events = [
+    _meta(HOST, "/host:CPU"),
+    _meta(HOST, "python", PYTHON),
+    _meta(GPU0, "/device:GPU:0"),
+    _meta(GPU0, "Stream #14(Compute,Memset)", STREAM),
+  ]
+  buffer = {"hlo_op": "command_buffer_1", "tf_op": "XlaModule:", "hlo_module": "jit_step"}
+  kernels = [
+    ("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", 10, 30),
+    ("loop_add_fusion_2", 40, 10),
+    ("input_reduce_fusion_7", 50, 10),
+    ("loop_multiply_fusion_4", 60, 15),
+    ("wrapped_convert_62", 75, 5),
+    ("memcpy32_post", 80, 5),
+  ]
+  for i in range(n_steps):
+    t = i * period
+    events.append(_x(HOST, PYTHON, profile.STEP_MARKER, t, period, step_num=str(i)))
+    events += [_x(GPU0, STREAM, name, t + ts, dur, **buffer) for name, ts, dur in kernels]
+  return events
+
+
+def test_command_buffer_kernels_take_their_stacks_from_the_compiled_hlo():
+  events = command_buffer_trace()
+  blind = profile.summarize(events)
+  assert blind["name_stacks"] == "none" and blind["differentiated"] is False
+  assert blind["classes"]["optimizer"]["ms_per_step"] == 0
+  s = profile.summarize(events, hlo_names=profile.hlo_op_names(HLO_TEXT))
+  assert s["name_stacks"] == "compiled HLO" and s["differentiated"] is True
+  ms = {c: v["ms_per_step"] for c, v in s["classes"].items()}
+  expected = {"gemm": 30, "elementwise": 20, "optimizer": 20, "copy": 5, "idle": 25}
+  for c in profile.CLASSES:
+    assert ms[c] == pytest.approx(expected.get(c, 0) / 1e3, abs=1e-9), c
+  by_name = {k["name"]: k["class"] for k in s["top_kernels"]}
+  assert by_name["loop_add_fusion_2"] == by_name["input_reduce_fusion_7"] == "elementwise"
+  assert by_name["loop_multiply_fusion_4"] == by_name["wrapped_convert_62"] == "optimizer"
+
+
+def test_from_trace_reads_the_map_beside_the_trace_or_hlo_names(tmp_path, capsys):
+  run = tmp_path / "case" / "plugins" / "profile" / "2026_01_01_00_00_00"
+  run.mkdir(parents=True)
+  with gzip.open(run / "perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": command_buffer_trace()}, f)
+
+  def summary(*argv):
+    assert profile.main(["benchmarks.profile", "--from_trace", str(run), *argv]) == 0
+    return json.loads(capsys.readouterr().out.splitlines()[0])
+
+  assert summary()["name_stacks"] == "none"
+  names = tmp_path / "names.json"
+  profile.save_hlo_names(str(names), profile.hlo_op_names(HLO_TEXT))
+  row = summary("--hlo_names", str(names))
+  assert row["name_stacks"] == "compiled HLO" and row["hlo_names"] == str(names)
+  assert row["classes"]["optimizer"]["ms_per_step"] == pytest.approx(0.02)
+  os.replace(names, tmp_path / "case" / profile.HLO_NAMES_FILE)  # where `profile` writes it
+  assert summary()["classes"] == row["classes"]
 
 
 def _meta(pid, name, tid=None):
@@ -249,6 +372,15 @@ def test_profile_a_tiny_step_on_the_cpu_end_to_end(tmp_path):
   assert 0 < len(row["top_kernels"]) <= profile.TOP_KERNELS
   assert os.path.isfile(row["trace"]) and row["trace"].startswith(str(traces))
   assert "| unlearnable/victim_train_step | 8 |" in proc.stdout
+  # The CPU thunks carry no name stacks: they come from the step's compiled HLO, saved beside
+  # the trace, and the update under `jax.named_scope("optimizer")` is classed as such.
+  assert row["name_stacks"] == "compiled HLO" and row["differentiated"] is True
+  assert row["hlo_names"] == str(traces / "unlearnable_victim_train_step" / "hlo_op_names.json")
+  assert 0 <= row["hlo_names_s"] < 5
+  names = profile.load_hlo_names(row["hlo_names"])
+  assert set(names) == {"jit_step"} and len(names["jit_step"]) > 10
+  assert any("/optimizer/" in stack for stack in names["jit_step"].values())
+  assert row["classes"]["optimizer"]["ms_per_step"] > 0
   # The written trace can be summarised again on its own.
   again = subprocess.run(
     [sys.executable, "-m", "benchmarks.profile", "--from_trace", os.path.dirname(row["trace"])],
@@ -258,7 +390,8 @@ def test_profile_a_tiny_step_on_the_cpu_end_to_end(tmp_path):
     timeout=120,
   )
   assert again.returncode == 0, again.stderr
-  assert json.loads(again.stdout.splitlines()[0])["classes"] == row["classes"]
+  reread = json.loads(again.stdout.splitlines()[0])
+  assert reread["classes"] == row["classes"] and reread["hlo_names"] == row["hlo_names"]
 
 
 def test_unknown_what_is_one_line_exit_2():
