@@ -25,6 +25,7 @@ Every unknown of the paper is a field here; docs/infotok.md lists them with the 
 
 import ml_collections
 
+from infotok import beds
 from shared import config_utils
 
 VARIANTS = ("tiny", "compare", "paper")
@@ -35,8 +36,8 @@ def get_config(arg=None):
   v = args.variant
   tiny, compare, paper = v == "tiny", v == "compare", v == "paper"
   captions = paper or args.captions  # an image-caption TFDS set instead of `shapes`
-  if args.bed not in ("shapes", "cifar_grid"):
-    raise config_utils.ConfigError(f"bed={args.bed!r}; known: shapes, cifar_grid")
+  if args.bed not in beds.BEDS:  # the bed registry's names (cheap: no JAX at import)
+    raise config_utils.ConfigError(f"bed={args.bed!r}; known: {', '.join(beds.BEDS)}")
   grid_bed = args.bed == "cifar_grid" and not captions  # real CIFAR-10 photographs in a 2x2 grid
   on_captions = lambda shapes_value, caption_value: caption_value if captions else shapes_value
   pick = lambda default, t=None, c=None, p=None: (

@@ -19,22 +19,30 @@ also need `captions`, int token ids [N, L]. The whole study (judge, sweeps, unif
 `python -m infotok --config configs/infotok.py --workdir runs/infotok` (`infotok.train`).
 """
 
-from infotok.api import (
-  Tokenizer,
-  default_config,
-  load_tokenizer,
-  save_tokenizer,
-  train_tokenizer,
-  variant_weights,
-)
-from infotok.tokenizer import WEIGHT_NAMES
-
-__all__ = [
-  "WEIGHT_NAMES",
+_API = (
   "Tokenizer",
   "default_config",
   "load_tokenizer",
   "save_tokenizer",
   "train_tokenizer",
   "variant_weights",
-]
+)
+__all__ = ["WEIGHT_NAMES", *_API]
+
+
+def __getattr__(name):
+  """The API on first use (PEP 562): importing a light submodule such as `infotok.beds` (the bed
+  names configs/infotok.py reads) does not import JAX and the models."""
+  if name in _API:
+    from infotok import api  # noqa: PLC0415
+
+    return getattr(api, name)
+  if name == "WEIGHT_NAMES":
+    from infotok.tokenizer import WEIGHT_NAMES  # noqa: PLC0415
+
+    return WEIGHT_NAMES
+  raise AttributeError(f"module 'infotok' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted({*globals(), *__all__})

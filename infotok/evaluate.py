@@ -124,7 +124,7 @@ def generation(trainer, params, tok_trainer, tok_params, arrays, judge, key, n: 
   judged = judge.judgement(images, arrays)  # the judge's one pass over the generated images
   out = {f"gen_{k}": v for k, v in judged.scores().items()}
   out["item_generation"] = _rounded(judged.items())
-  out["gen_fd"] = feature_fd(judged.features(), judge.features(arrays["clean"][:n]))
+  out["gen_fd"] = feature_fd(judged.features(), judge.reference_features(arrays, n))
   out["gen_code_entropy"] = quantizers.code_usage(codes, tok_trainer.num_codes)["code_entropy"]
   return out, images
 
@@ -151,15 +151,26 @@ def per_position_rate(indices_NxT: np.ndarray, num_codes: int) -> float:
   )
 
 
-def reconstruction(tok_trainer, params, arrays, judge, n: int) -> dict:
-  """Reconstruction quality, task relevance and rate of a tokenizer on the first n examples."""
+def reconstruction(tok_trainer, params, arrays, judge, n: int, passes: dict | None = None) -> dict:
+  """Reconstruction quality, task relevance and rate of a tokenizer on the first n examples.
+
+  The tokenizer runs once over the images (`TokenizerTrainer.evaluate`: reconstructions,
+  posterior and codes of one encoder pass); `passes`, when given, receives that pass's outputs
+  (the caller reuses the codes). The real images' FD features come from the judge's cache
+  (`Judging.reference_features`): one judge pass per split and n in a run, not one per tokenizer.
+
+  Returns (metrics, reconstructions [n, H, W, 3]).
+  """
   images, clean = arrays["image"][:n], arrays["clean"][:n]
-  recon = tok_trainer.reconstruct(params, images)
+  encoded = tok_trainer.evaluate(params, images)  # the tokenizer's one pass over the images
+  if passes is not None:
+    passes.update(encoded)
+  recon = encoded["recon"]
   judged = judge.judgement(recon, arrays)  # the judge's one pass over the reconstructions
   out = {
     "psnr_image": float(jnp.mean(metrics_lib.psnr(jnp.asarray(recon), jnp.asarray(images)))),
     "psnr_clean": float(jnp.mean(metrics_lib.psnr(jnp.asarray(recon), jnp.asarray(clean)))),
-    "recon_fd": feature_fd(judged.features(), judge.features(clean)),
+    "recon_fd": feature_fd(judged.features(), judge.reference_features(arrays, n)),
   }
   scores = judged.scores()
   out["relevance"] = scores[judge.relevance_key]
@@ -167,12 +178,12 @@ def reconstruction(tok_trainer, params, arrays, judge, n: int) -> dict:
   critic = jnp.asarray(judged.critic(), jnp.float32)
   out["relevance_nce_nats"] = float(mi.infonce(critic))
   out.update({f"recon_{k}": v for k, v in scores.items()})
-  mu, logvar = tok_trainer.posterior(params, images)
+  mu, logvar = encoded["mu"], encoded["logvar"]
   out["kl_nats"] = float(
     np.mean(np.asarray(regularizers.vib_rate(jnp.asarray(mu), jnp.asarray(logvar))))
   )
   if tok_trainer.num_codes:
-    idx = tok_trainer.tokens(params, images)
+    idx = encoded["indices"]
     out.update(quantizers.code_usage(idx, tok_trainer.num_codes))
     out["rate_nats"] = per_position_rate(idx, tok_trainer.num_codes)
   return out, recon

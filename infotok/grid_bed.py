@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from infotok.beds import GRID_ATTRS as ATTRS
+from infotok.beds import grid_objects
 from infotok.judge import Judging
 from shared import judge as judge_lib
 from shared.data import cifar_grid
 from shared.data.convert import to_float
 
-ATTRS = ("class", "position")
 CRITIC_SMOOTHING = 0.1  # as `infotok.judge.CRITIC_SMOOTHING`
 EMPTY_WIDTH = 0.01  # softness of the empty / occupied boundary in the critic's probabilities
 
@@ -138,8 +139,4 @@ class GridJudge(Judging):
 
 def objects_of(arrays, i: int) -> list[tuple[str, str]]:
   """Ground-truth objects of scene i as (class, position) names, in reading order."""
-  out = []
-  for c, p in zip(arrays["cls"][i], arrays["pos"][i], strict=True):
-    if c >= 0:
-      out.append((cifar_grid.CLASSES[int(c)], cifar_grid.POSITIONS[int(p)]))
-  return out
+  return grid_objects(arrays, i)

@@ -213,7 +213,8 @@ class Judging:
   and the pure `targets_of`, `scores_of`, `items_of`, `critic_of`, `features_of`.
 
   `judgement(images, arrays)` is the pass to derive several quantities from; `judge_images`,
-  `item_scores`, `critic_scores` and `features` are one quantity each (one pass each).
+  `item_scores`, `critic_scores` and `features` are one quantity each (one pass each);
+  `reference_features(arrays, n)` is `features` of a split's real images, cached per judge.
   """
 
   relevance_key = "attribute_mean"  # the score that measures task relevance (tokenizer selection)
@@ -233,6 +234,20 @@ class Judging:
 
   def features(self, images) -> np.ndarray:
     return self.judgement(images).features()
+
+  def reference_features(self, arrays, n: int) -> np.ndarray:
+    """FD features (`features`) of the real images `arrays['clean'][:n]`, the reference of every
+    reconstruction and generation FD on that split: computed on the first call for a split and n,
+    then read from this judge's cache (one pass per split and n in a run, not one per tokenizer
+    or unified model). Splits are keyed by the identity of their 'clean' array, which the cache
+    holds on to (splits are never modified in place)."""
+    clean = arrays["clean"]
+    cache = self.__dict__.setdefault("_reference_cache", {})
+    key = (id(clean), min(n, len(clean)))
+    hit = cache.get(key)
+    if hit is None or hit[0] is not clean:
+      hit = cache[key] = (clean, self.features(clean[:n]))
+    return hit[1]
 
 
 class Judge(Batched, Judging):

@@ -149,12 +149,21 @@ class Pipeline:
     params = trained.params
     n = cfg.eval.num_recon
     result = {"name": name, "weights": weights, "overrides": overrides, "num_codes": tok.num_codes}
+    tokens = {}
     for split in ("val", *self.eval_splits):
-      metrics, recon = evaluate.reconstruction(tok, params, self.splits[split], self.judge, n)
+      images, passes = self.splits[split]["image"], {}
+      metrics, recon = evaluate.reconstruction(
+        tok, params, self.splits[split], self.judge, n, passes
+      )
       result[split] = metrics
       if split == "test":
         save_array(os.path.join(sub, "recon_test.npy"), recon[: cfg.eval.grid_samples])
-    tokens = {s: tok.tokens(params, self.splits[s]["image"]) for s in self.split_names}
+      if n >= len(images) and "indices" in passes:  # its one pass encoded the whole split
+        tokens[split] = passes["indices"]
+    for s in self.split_names:  # train, and splits longer than the evaluation's n
+      if s not in tokens:
+        tokens[s] = tok.tokens(params, self.splits[s]["image"])
+    tokens = {s: tokens[s] for s in self.split_names}
     save_arrays(tokens_path, tokens)
     api.save_tokenizer(os.path.join(sub, EXPORT), trained)
     log_summary(name, result["val"])

@@ -164,6 +164,13 @@ class Tokenizer(nn.Module):
     mu, _ = self.posterior(images_BxHxWxC)
     return self.decode(self.quant(mu)[0])
 
+  def evaluate(self, images_BxHxWxC):
+    """One encoder pass for every evaluation quantity (posterior mean, no noise): 'recon' (as
+    `reconstruct`), 'mu', 'logvar' (as `posterior`) and 'indices' (as `tokens`)."""
+    mu, logvar = self.posterior(images_BxHxWxC)
+    zq, indices, _ = self.quant(mu)
+    return {"recon": self.decode(zq), "mu": mu, "logvar": logvar, "indices": indices}
+
   def __call__(self, images_BxHxWxC, captions_BxL, key, noise):
     mu, logvar = self.posterior(images_BxHxWxC)
     eps = jax.random.normal(key, mu.shape)

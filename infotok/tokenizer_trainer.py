@@ -53,6 +53,7 @@ class TokenizerTrainer:
       "reconstruct": jitted(Tokenizer.reconstruct),
       "decode": jitted(Tokenizer.decode_indices),
       "posterior": jitted(Tokenizer.posterior),
+      "evaluate": jitted(Tokenizer.evaluate),
     }
 
   def init_state(self, seed: int, sample_image, sample_caption):
@@ -171,6 +172,17 @@ class TokenizerTrainer:
 
   def posterior(self, params, images):
     return self._batched("posterior", params, images)
+
+  def evaluate(self, params, images) -> dict[str, np.ndarray]:
+    """`reconstruct` ('recon'), `posterior` ('mu', 'logvar') and, with discrete codes, `tokens`
+    ('indices') of the same images from one pass of the encoder (`Tokenizer.evaluate`)."""
+    out = self._batched("evaluate", params, images)
+    out["recon"] = np.clip(out["recon"], 0.0, 1.0)
+    if self.num_codes:
+      out["indices"] = out["indices"].astype(np.int32)
+    else:
+      del out["indices"]  # a continuous tokenizer has no discrete tokens
+    return out
 
   def grid(self, image_size: int) -> int:
     return grid_size(image_size, self.cfg.patch_size, len(self.cfg.widths))

@@ -73,3 +73,18 @@ def test_an_unknown_bed_is_one_line_exit_2_from_the_command_line(tmp_path):
   assert "Traceback" not in proc.stderr
   with pytest.raises(ConfigError, match="bed='mnist'"):
     config_file.get_config("tiny,bed=mnist")  # the config's own `bed=` option
+
+
+def test_the_config_takes_its_bed_names_from_the_registry(monkeypatch):
+  with pytest.raises(ConfigError) as e:
+    config_file.get_config("tiny,bed=mnist")
+  assert str(e.value) == "bed='mnist'; known: shapes, cifar_grid"
+  monkeypatch.setitem(beds.BEDS, "toy", beds.SHAPES)  # a bed added to the registry only
+  config_file.get_config("tiny,bed=toy")
+  with pytest.raises(ConfigError, match="known: shapes, cifar_grid, toy$"):
+    config_file.get_config("tiny,bed=mnist")
+
+
+def test_the_config_and_the_bed_registry_import_without_jax():
+  code = "import sys, configs.infotok, infotok.beds; assert 'jax' not in sys.modules"
+  subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infotok import captions, evaluate, grid_bed
+from infotok import captions, evaluate, grid_bed, quantizers, regularizers
 from infotok import judge as judge_lib
 from infotok.tokenizer_trainer import TokenizerTrainer
 from shared import config_utils, data, mi, train_lib
@@ -124,6 +124,7 @@ def test_each_evaluation_runs_the_judge_once_per_image_set_with_the_same_metrics
   arrays, judge = beds[bed]
   tok, tok_params = tokenizer
   clean = arrays["clean"][:N]
+  judge.__dict__.pop("_reference_cache", None)  # the real images' features not yet computed
   calls = count_calls(bed, judge, monkeypatch)
 
   rec, recon = evaluate.reconstruction(tok, tok_params, arrays, judge, N)
@@ -133,7 +134,7 @@ def test_each_evaluation_runs_the_judge_once_per_image_set_with_the_same_metrics
   gen, generated = evaluate.generation(
     unified, None, tok, tok_params, arrays, judge, jax.random.key(0), N
   )
-  assert_once_per_set(calls, images=2, texts=1)  # generated and clean; their prompts
+  assert_once_per_set(calls, images=1, texts=1)  # generated (clean: cached); their prompts
   monkeypatch.undo()
 
   # The one-quantity calls, each its own pass (what the evaluations called before).
@@ -168,3 +169,70 @@ def test_a_judgement_derives_every_quantity_from_its_one_pass(beds):
   np.testing.assert_array_equal(judged.critic(), judged.critic()[:1].repeat(N, axis=0))
   with pytest.raises(ValueError, match="no arrays"):
     judge.judgement(arrays["image"]).scores()
+
+
+class MapCalls:
+  """A tokenizer trainer's evaluation-time maps, counting the calls of each."""
+
+  def __init__(self, maps):
+    self.maps, self.calls = maps, []
+
+  def __getitem__(self, name):
+    def call(*args):
+      self.calls.append(name)
+      return self.maps[name](*args)
+
+    return call
+
+
+def test_reconstruction_runs_the_tokenizer_once_with_the_metrics_of_three_passes(
+  beds, tokenizer, monkeypatch
+):
+  arrays, judge = beds["shapes"]
+  tok, params = tokenizer
+  images = arrays["image"][:N]
+  # Before: the reconstructions, the posterior and the codes, each from a pass of its own.
+  recon_before = tok.reconstruct(params, images)
+  mu, logvar = tok.posterior(params, images)
+  idx_before = tok.tokens(params, images)
+  counted = MapCalls(tok._maps)
+  monkeypatch.setattr(tok, "_maps", counted)
+  passes = {}
+  rec, recon = evaluate.reconstruction(tok, params, arrays, judge, N, passes)
+  assert counted.calls == ["evaluate"]  # one map, one batch of N rows: one encoder pass
+  monkeypatch.undo()
+  np.testing.assert_array_equal(recon, recon_before)
+  np.testing.assert_array_equal(passes["indices"], idx_before)  # the split's tokens (pipeline)
+  assert passes["indices"].dtype == np.int32
+  np.testing.assert_array_equal(passes["mu"], mu)
+  np.testing.assert_array_equal(passes["logvar"], logvar)
+  rate = regularizers.vib_rate(jnp.asarray(mu), jnp.asarray(logvar))
+  assert rec["kl_nats"] == float(np.mean(np.asarray(rate)))
+  usage = quantizers.code_usage(idx_before, tok.num_codes)
+  assert {k: rec[k] for k in usage} == usage
+  assert rec["rate_nats"] == evaluate.per_position_rate(idx_before, tok.num_codes)
+  psnr = metrics_lib.psnr(jnp.asarray(recon_before), jnp.asarray(images))
+  assert rec["psnr_image"] == float(jnp.mean(psnr))
+
+
+def test_the_real_images_features_are_computed_once_per_split_and_n(beds, tokenizer, monkeypatch):
+  arrays, judge = beds["shapes"]
+  tok, params = tokenizer
+  judge.__dict__.pop("_reference_cache", None)
+  before = judge.features(arrays["clean"][:N])
+  passes = []
+  features = judge.features
+  monkeypatch.setattr(
+    judge, "features", lambda images: passes.append(len(images)) or features(images)
+  )
+  other = jax.tree.map(lambda p: p * 0.5, params)  # a second tokenizer of the run
+  first, _ = evaluate.reconstruction(tok, params, arrays, judge, N)
+  second, _ = evaluate.reconstruction(tok, other, arrays, judge, N)
+  unified = Codes(tok.num_codes, tok.grid(48) ** 2)
+  evaluate.generation(unified, None, tok, params, arrays, judge, jax.random.key(0), N)
+  assert passes == [N]  # two tokenizers and a unified model on one split: one pass
+  np.testing.assert_array_equal(judge.reference_features(arrays, N), before)
+  assert first["recon_fd"] != second["recon_fd"]
+  judge.reference_features(arrays, N // 2)  # another n
+  judge.reference_features({**arrays, "clean": arrays["clean"].copy()}, N)  # another split
+  assert passes == [N, N // 2, N]
