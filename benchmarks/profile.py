@@ -113,7 +113,12 @@ def name_stack(args: dict) -> str:
 
 
 def classify(
-  name: str, args: dict, *, grad_step: bool = False, hlo_names: dict | None = None
+  name: str,
+  args: dict,
+  *,
+  grad_step: bool = False,
+  hlo_names: dict | None = None,
+  stack: str | None = None,
 ) -> str:
   """The op class of one device event, from its kernel name and its trace args.
 
@@ -126,6 +131,8 @@ def classify(
       norm; a PGD step's signed update and projection).
     hlo_names: {HLO module: {instruction: op_name}} (`hlo_op_names`) for events whose args carry
       no name stack of their own (`event_stack`).
+    stack: the event's name stack when the caller already has it (`event_stack`'s first item);
+      None = look it up here.
 
   Returns:
     One of CLASSES other than "idle".
@@ -139,7 +146,8 @@ def classify(
     return "gemm"
   if _COPY.search(text):
     return "copy"
-  stack = event_stack(name, args, hlo_names)[0]
+  if stack is None:
+    stack = event_stack(name, args, hlo_names)[0]
   if _OPTIMIZER.search(stack.lower()):
     return "optimizer"
   base = "elementwise" if _ELEMENTWISE.search(text) else "other"
@@ -481,7 +489,7 @@ def summarize(
   for e, key, us in zip(ops, keys, owned, strict=True):
     name, args = key[0], e.get("args") or {}
     if key not in classes:
-      classes[key] = classify(name, args, grad_step=grad_step, hlo_names=hlo_names)
+      classes[key] = classify(name, args, grad_step=grad_step, stack=stacks[key][0])
     entry = per_kernel.setdefault((name, classes[key]), [0.0, 0])
     entry[0] += us
     entry[1] += 1
