@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 from infotok.beds import GRID_ATTRS as ATTRS
-from infotok.beds import grid_objects
 from infotok.judge import Judging
 from shared import judge as judge_lib
 from shared.data import cifar_grid
@@ -135,8 +134,3 @@ class GridJudge(Judging):
     logp_NxCxK = np.log((1 - CRITIC_SMOOTHING) * post + CRITIC_SMOOTHING / k)
     onehot_NxCxK = np.eye(k)[target]
     return np.einsum("ick,jck->ij", logp_NxCxK, onehot_NxCxK)
-
-
-def objects_of(arrays, i: int) -> list[tuple[str, str]]:
-  """Ground-truth objects of scene i as (class, position) names, in reading order."""
-  return grid_objects(arrays, i)
